@@ -1,0 +1,37 @@
+"""Bake the template the way users do, and give tests an environment in which the baked project runs."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def bake(output_dir, **context):
+    """Generate a project with the given answers (the rest default); returns its directory."""
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
+
+
+def project_env(project, **extra):
+    """The baked project's commands (dvc, python -m <pkg>.<stage>) run from this venv, importing its src/."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(project / "src"),
+               MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory):
+    """One default project per task, shared by the tests that only read it."""
+    cache = {}
+
+    def get(task):
+        if task not in cache:
+            cache[task] = bake(tmp_path_factory.mktemp(task), task=task)
+        return cache[task]
+
+    return get

@@ -1,0 +1,116 @@
+"""Model constructors by name, and checkpoints that carry their constructor arguments.
+
+    >>> model = build_model(task="segmentation", architecture="Unet", encoder="resnet18", num_classes=2,
+    ...                     mean=[0.5] * 3, std=[0.25] * 3)
+    >>> model(torch.rand(2, 3, 64, 64)).shape
+    torch.Size([2, 1, 64, 64])
+
+Every model takes float images in [0, 1], (B, 3, H, W): normalisation with the train split's statistics is
+part of the model, so exported and served models, attacks and corruptions all work in pixel space.
+"""
+
+import functools
+import json
+
+import safetensors.torch
+import segmentation_models_pytorch as smp
+import torch
+import torchvision
+from torch import nn
+
+# DPT is left out: it needs a timm ViT encoder ("tu-...") that the rest of ENCODERS doesn't provide.
+SEGMENTATION = {cls.__name__: cls for cls in (
+    smp.Unet, smp.UnetPlusPlus, smp.FPN, smp.PSPNet, smp.DeepLabV3, smp.DeepLabV3Plus, smp.Linknet, smp.MAnet,
+    smp.PAN, smp.UPerNet, smp.Segformer,
+)}
+# Encoders the project tests; any name from smp.encoders.get_encoder_names() can be added.
+ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0", "mobileone_s0",
+            "densenet121", "vgg11_bn")
+CLASSIFICATION = {name: functools.partial(torchvision.models.get_model, name) for name in (
+    "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "densenet121", "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_y_400mf",
+)}
+
+
+class Normalized(nn.Module):
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):  # (B, 3, H, W) in [0, 1]
+        return self.net((x - self.mean) / self.std)
+
+
+def _lookup(table, name, key):
+    if name not in table:
+        raise ValueError(f"{key}={name!r} is not available; valid names: {', '.join(table)}")
+    return table[name]
+
+
+def output_channels(task, num_classes):
+    # Binary segmentation predicts one foreground logit; everything else one logit per class.
+    return 1 if task == "segmentation" and num_classes == 2 else num_classes
+
+
+def _replace_head(net, num_classes):
+    # Pretrained torchvision classifiers end in a 1000-way Linear under different names (fc, classifier[-1],
+    # ...): swap the last Linear for one with num_classes outputs.
+    name, last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_classes))
+
+
+def build_model(task, architecture, encoder, num_classes, mean, std, pretrained=False):
+    """The network wrapped with its input normalisation. pretrained=True uses the libraries' own weight
+    download (smp: Hugging Face Hub; torchvision: download.pytorch.org), cached after the first time."""
+    out = output_channels(task, num_classes)
+    if task == "segmentation":
+        cls = _lookup(SEGMENTATION, architecture, "train.model.architecture")
+        _lookup(dict.fromkeys(ENCODERS), encoder, "train.model.encoder")
+    else:
+        fn = _lookup(CLASSIFICATION, architecture, "train.model.architecture")
+    try:
+        if task == "segmentation":
+            net = cls(encoder_name=encoder, encoder_weights="imagenet" if pretrained else None, classes=out)
+        elif pretrained:
+            net = fn(weights="DEFAULT")
+            _replace_head(net, out)
+        else:
+            net = fn(weights=None, num_classes=out)
+    except Exception as e:  # network, cache and hub errors all surface here
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not load pretrained weights for {architecture}/{encoder}: {type(e).__name__}: {e}. They are "
+            "downloaded once into the torch / Hugging Face cache; without network set train.model.pretrained: "
+            "false") from e
+    return Normalized(net, mean, std)
+
+
+def check_input_size(model, size, name):
+    """Fail early, and clearly, for architectures that cannot take size x size inputs (PAN at 64, ...)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size))
+    except RuntimeError as e:
+        raise ValueError(f"{name} cannot take {size}x{size} inputs ({e}); set prepare.image_size to a multiple "
+                         "of 32 that is at least 128, or choose another architecture") from None
+    finally:
+        model.train(was_training)
+
+
+def save_checkpoint(path, model, model_args):
+    safetensors.torch.save_model(model, str(path), metadata={"model_args": json.dumps(model_args)})
+
+
+def load_checkpoint(path):
+    """Rebuild the model from the arguments stored in the file, then load its weights (no pickle)."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        model_args = json.loads(f.metadata()["model_args"])
+    model = build_model(**model_args)
+    safetensors.torch.load_model(model, str(path))
+    return model.eval(), model_args

@@ -1,0 +1,67 @@
+"""prepare: the dataset, split into train/val/test, with normalisation statistics from the train split.
+
+    python -m {{ cookiecutter.package_name }}.prepare     # or: dvc repro prepare
+
+Reads params `seed` and `prepare`; writes data/prepared/{train,val,test}.npz, data/prepared/dataset.json and
+metrics/prepare.json, each whole or not at all. prepare opens no MLflow run: one pipeline run is one MLflow
+run, opened by train, which logs these statistics with it.
+"""
+
+import sys
+
+import numpy as np
+
+from {{ cookiecutter.package_name }} import data, files, params
+
+OUT_DIR = "data/prepared"
+METRICS = "metrics/prepare.json"
+
+
+def build(p, seed):
+    """Returns ({split: (images, targets)}, dataset description)."""
+    if p["source"] == "synthetic":
+        images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
+                                                     p["num_classes"], seed)
+    else:
+        images, targets, names = data.load_folder(p["task"], p["raw_dir"], p["image_size"], p["num_classes"])
+    idx = data.split_indices(len(images), p["val_fraction"], p["test_fraction"], seed)
+    splits = {name: (images[i], targets[i]) for name, i in idx.items()}
+    mean, std = data.channel_stats(splits["train"][0])
+    info = {
+        "task": p["task"], "source": p["source"], "image_size": p["image_size"], "num_classes": p["num_classes"],
+        "class_names": names, "mean": mean, "std": std,
+        "sizes": {name: len(i) for name, i in idx.items()},
+        "sha256": data.digest(*(a for pair in splits.values() for a in pair)),
+    }
+    return splits, info
+
+
+def summary(splits, info):
+    """metrics/prepare.json: split sizes, normalisation statistics, class balance of the train split."""
+    m = {f"{name}/images": len(x) for name, (x, _) in splits.items()}
+    m.update({f"mean/{c}": v for c, v in zip("rgb", info["mean"])})
+    m.update({f"std/{c}": v for c, v in zip("rgb", info["std"])})
+    counts = np.bincount(splits["train"][1].ravel(), minlength=info["num_classes"])
+    for name, c in zip(info["class_names"], counts / counts.sum()):
+        m[f"train/fraction/{name}"] = float(c)
+    return m
+
+
+def main():
+    p = params.load()
+    splits, info = build(p["prepare"], p["seed"])
+    with files.atomic_path(OUT_DIR, directory=True) as tmp:
+        for name, (images, targets) in splits.items():
+            np.savez(tmp / f"{name}.npz", images=images, targets=targets)
+        files.write_json(tmp / "dataset.json", info)
+    metrics = summary(splits, info)
+    files.write_json(METRICS, metrics)
+    print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px "
+          f"-> {OUT_DIR}/, {METRICS}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, params.ParamsError) as e:
+        sys.exit(f"prepare: {e}")

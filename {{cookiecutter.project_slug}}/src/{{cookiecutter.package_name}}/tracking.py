@@ -1,0 +1,81 @@
+"""Where runs go: the tracking store resolved once, from the repository root, and checked before work starts.
+
+Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themselves.
+
+    >>> tracking_uri("sqlite:///mlflow.db", root=Path("/repo"), env={})
+    'sqlite:////repo/mlflow.db'
+"""
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+
+
+def repo_root():
+    # DVC sets DVC_ROOT to the main repository, also for `dvc exp run --temp/--queue`, whose commands run in
+    # throw-away copies under .dvc/tmp/exps: anything resolved against the working directory there is lost.
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(configured, root, env=os.environ):
+    """MLFLOW_TRACKING_URI wins over params; a relative sqlite path is made absolute against `root`."""
+    uri = env.get("MLFLOW_TRACKING_URI") or configured
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str((Path(root) / uri[len(prefix):]).resolve())
+    return uri
+
+
+def check_reachable(uri, timeout=5.0):
+    """Fail in seconds, not after MLflow's minutes of HTTP retries, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (auth, proxy pages...): reachable
+    except (urllib.error.URLError, OSError) as e:
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}). Start it (mlflow server "
+            "--host 127.0.0.1 --port 5000), fix mlflow.tracking_uri / MLFLOW_TRACKING_URI, use the embedded "
+            "store (sqlite:///mlflow.db), or set mlflow.enabled: false") from None
+
+
+def set_experiment(cfg, root):
+    """Point MLflow at the project's store and experiment; returns the experiment id.
+
+    With a local sqlite store, new experiments keep artifacts in <root>/mlruns, absolute: MLflow's default
+    (./mlruns of the working directory) would land in DVC's temporary experiment copies."""
+    uri = tracking_uri(cfg["tracking_uri"], root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg["experiment"])
+    if exp is not None:
+        return exp.experiment_id
+    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+
+
+def run_name(architecture, encoder, pretrained, now=None):
+    parts = [architecture.lower(), encoder, "pretrained" if pretrained else "random",
+             time.strftime("%Y%m%d-%H%M%S", time.localtime(now))]
+    return "_".join(p for p in parts if p)
+
+
+def context_tags():
+    """Git commit and the DVC stage / experiment this process runs under."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "none"
+    tags = {"git_commit": commit}
+    for var in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(var):
+            tags[var.lower()] = os.environ[var]
+    return tags

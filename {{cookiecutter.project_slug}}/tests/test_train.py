@@ -1,0 +1,198 @@
+import json
+import os
+import socket
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from {{ cookiecutter.package_name }} import data, files, models, params, prepare, tracking, train
+
+PARAMS = Path(__file__).parents[1] / "params.yaml"
+TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]
+
+
+def test_segmentation_scores_on_known_counts():
+    # 1 foreground class: tp=6, fp=2, fn=4 -> dice 12/18, iou 6/12; 90 of 100 pixels right.
+    s = {"tp": torch.tensor([6.0]), "fp": torch.tensor([2.0]), "fn": torch.tensor([4.0]),
+         "correct": torch.tensor(90.0), "total": torch.tensor(100.0)}
+    assert train.scores("segmentation", s) == pytest.approx({"dice": 2 / 3, "iou": 0.5, "pixel_accuracy": 0.9})
+
+
+def test_batch_stats_perfect_and_empty_predictions():
+    y = torch.zeros(2, 4, 4, dtype=torch.long)
+    y[:, :2] = 1
+    perfect = torch.where(y[:, None] == 1, 5.0, -5.0)  # binary logits (B, 1, H, W)
+    assert train.scores("segmentation", train.batch_stats(perfect, y, "segmentation", 2))["dice"] == 1
+    empty = torch.full_like(perfect, -5.0)
+    assert train.scores("segmentation", train.batch_stats(empty, y, "segmentation", 2))["dice"] == 0
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    stats = train.batch_stats(logits, torch.tensor([0, 1, 1]), "classification", 2)
+    assert train.scores("classification", stats)["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("name", train.SEG_LOSSES)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_segmentation_losses_prefer_the_right_answer(name, num_classes):
+    loss = train.make_loss("segmentation", name, num_classes)
+    y = torch.randint(0, num_classes, (2, 8, 8))
+    channels = models.output_channels("segmentation", num_classes)
+    if channels == 1:
+        good = torch.where(y[:, None] == 1, 4.0, -4.0)
+    else:
+        good = torch.nn.functional.one_hot(y, num_classes).permute(0, 3, 1, 2).float() * 8 - 4
+    assert loss(good, y) < loss(-good, y)
+
+
+def test_unknown_loss_and_optimizer_are_named():
+    with pytest.raises(ValueError, match="train.loss='hinge'.*dice, bce, focal, dice_bce"):
+        train.make_loss("segmentation", "hinge", 2)
+    with pytest.raises(ValueError, match="train.optimizer.name='lbfgs'"):
+        train.make_optimizer(torch.nn.Linear(1, 1), {"name": "lbfgs"}, 0.1)
+
+
+def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
+    torch.manual_seed(seed)
+    images, labels, _ = data.make_synthetic("classification", n=48, size=32, num_classes=3, seed=0)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    ds = TensorDataset(x, torch.from_numpy(labels))
+    model = models.build_model("classification", "resnet18", None, 3, [0.5] * 3, [0.25] * 3)
+    opt = train.make_optimizer(model, {"name": "adamw"}, lr)
+    loss = train.make_loss("classification", "ce", 3)
+    best_state, history, best_epoch = train.fit(
+        model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+        DataLoader(ds, batch_size=16), loss, opt, train.make_scheduler(opt, "cosine", epochs), epochs=epochs,
+        patience=patience, task="classification", num_classes=3, device=torch.device("cpu"),
+        augment={"hflip": True}, generator=torch.Generator().manual_seed(seed))
+    return best_state, history, best_epoch
+
+
+def test_fit_learns_and_is_deterministic_on_cpu():
+    state_a, history, _ = _tiny_fit(seed=0)
+    state_b, _, _ = _tiny_fit(seed=0)
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert set(history[0]) >= {"epoch", "train/loss", "val/loss", "train/accuracy", "val/accuracy", "lr",
+                               "epoch_time_s", "overfit_gap"}
+
+
+def test_early_stopping_keeps_the_best_epoch(monkeypatch):
+    val = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.9])  # best at epoch 2, then 2 epochs without improvement
+    model = torch.nn.Linear(1, 1)
+
+    def one_epoch(model, *a, **k):
+        with torch.no_grad():
+            model.weight += 1  # each epoch changes the weights, so "best" is a real snapshot
+        return {"loss": 1.0, "accuracy": 0.5}
+
+    monkeypatch.setattr(train, "train_one_epoch", one_epoch)
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": next(val)})
+    opt = train.make_optimizer(model, {"name": "sgd"}, 0.1)
+    w0 = model.weight.item()
+    best_state, history, best_epoch = train.fit(
+        model, None, None, None, opt, None, epochs=10, patience=2, task="classification", num_classes=2,
+        device=torch.device("cpu"), augment={}, generator=None)
+    assert best_epoch == 2 and len(history) == 4
+    assert best_state["weight"].item() == pytest.approx(w0 + 2)
+
+
+def test_tracking_uri_is_absolute_against_the_repository_root(tmp_path):
+    assert tracking.tracking_uri("sqlite:///mlflow.db", tmp_path, env={}) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.tracking_uri("sqlite:////abs/x.db", tmp_path, env={}) == "sqlite:////abs/x.db"
+    assert tracking.tracking_uri("sqlite:///a.db", tmp_path, env={"MLFLOW_TRACKING_URI": "http://h:5000"}) \
+        == "http://h:5000"
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast():
+    with pytest.raises(ConnectionError, match="unreachable.*mlflow.enabled: false"):
+        tracking.check_reachable(f"http://127.0.0.1:{_closed_port()}", timeout=2)
+
+
+def test_run_name():
+    assert tracking.run_name("Unet", "resnet18", False, now=0).startswith("unet_resnet18_random_19")
+    assert tracking.run_name("resnet18", None, True, now=0).startswith("resnet18_pretrained_")
+
+
+# --- the stages end to end, in a scratch project with tiny params ------------------------------------------
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    p = yaml.safe_load(PARAMS.read_text())
+    p["prepare"].update(image_size=32, synthetic_images=30)
+    p["train"].update(epochs=2, batch_size=8)
+    p["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    prepare.main()
+    yield tmp_path
+    mlflow.end_run()
+
+
+def _runs(root):
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_prepare_outputs(project):
+    info = json.loads((project / "data/prepared/dataset.json").read_text())
+    assert info["task"] == TASK and sum(info["sizes"].values()) == 30
+    metrics = json.loads((project / "metrics/prepare.json").read_text())
+    assert metrics["train/images"] == info["sizes"]["train"]
+    assert not [p for p in (project / "data").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_train_tracks_a_finished_run(project):
+    train.main()
+    metric = train.primary_metric(TASK)
+    m = json.loads((project / "metrics/train.json").read_text())
+    assert 0 <= m[f"test/{metric}"] <= 1 and m["epochs_run"] == 2
+    ref = json.loads((project / "metrics/mlflow.json").read_text())
+    (run,) = _runs(project)
+    assert run.info.status == "FINISHED" and run.info.run_id == ref["run_id"]
+    assert run.data.params["lr"] == "0.001" and run.data.params["train.epochs"] == "2"
+    assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
+    assert run.data.tags["task"] == TASK and "git_commit" in run.data.tags
+    model, _ = models.load_checkpoint(project / "models/model.safetensors")
+    assert model(torch.rand(2, 3, 32, 32)).shape[0] == 2
+
+
+@pytest.mark.parametrize("exc,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeypatch, exc, status):
+    def boom(*a, **k):
+        raise exc("stop")
+
+    monkeypatch.setattr(train, "train_one_epoch", boom)
+    with pytest.raises(exc):
+        train.main()
+    (run,) = _runs(project)
+    assert run.info.status == status
+    assert not (project / "models").exists() and not (project / "metrics/train.json").exists()
+
+
+def test_unreachable_server_stops_before_training(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ConnectionError, match="unreachable"):
+        train.main()
+
+
+def test_tracking_can_be_switched_off(project):
+    p = params.load()
+    p["mlflow"]["enabled"] = False
+    files.write_json("params.yaml", p)  # JSON is YAML
+    train.main()
+    assert json.loads(Path("metrics/mlflow.json").read_text()) == {"enabled": False}
+    assert not Path("mlflow.db").exists()
+    assert os.path.exists("models/model.safetensors")
