@@ -79,7 +79,7 @@ def make_synthetic(task, n, size, num_classes, seed):
     for i in range(n):
         img = _background(rng, size)
         count = rng.integers(1, 4) if task == "segmentation" else 1
-        for j in range(count):
+        for _ in range(count):
             kind = rng.integers(0, len(SHAPES) if kinds == 1 else kinds) if task == "segmentation" else i % kinds
             r = rng.uniform(0.12, 0.25) * size
             cy, cx = rng.uniform(r, size - r, 2)

@@ -39,10 +39,10 @@ def build(p, seed):
 def summary(splits, info):
     """metrics/prepare.json: split sizes, normalisation statistics, class balance of the train split."""
     m = {f"{name}/images": len(x) for name, (x, _) in splits.items()}
-    m.update({f"mean/{c}": v for c, v in zip("rgb", info["mean"])})
-    m.update({f"std/{c}": v for c, v in zip("rgb", info["std"])})
+    m.update({f"mean/{c}": v for c, v in zip("rgb", info["mean"], strict=True)})
+    m.update({f"std/{c}": v for c, v in zip("rgb", info["std"], strict=True)})
     counts = np.bincount(splits["train"][1].ravel(), minlength=info["num_classes"])
-    for name, c in zip(info["class_names"], counts / counts.sum()):
+    for name, c in zip(info["class_names"], counts / counts.sum(), strict=True):
         m[f"train/fraction/{name}"] = float(c)
     return m
 

@@ -190,7 +190,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
 def plot_curves(history, metric, path):
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", metric)):
+    for ax, key in zip(axes, ("loss", metric), strict=True):
         for split in ("train", "val"):
             ax.plot(epochs, [r[f"{split}/{key}"] for r in history], marker="o", label=split)
         ax.set(xlabel="epoch", ylabel=key, title=key)
@@ -205,14 +205,14 @@ def plot_predictions(images, targets, preds, task, class_names, path):
     n = len(images)
     if task == "segmentation":
         fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
-        for i in range(n):
-            img = images[i].permute(1, 2, 0).numpy()
-            for ax, (title, mask) in zip(axes[i], (("image", None), ("truth", targets[i]), ("prediction", preds[i]))):
-                ax.imshow(img)
-                if mask is not None:
-                    ax.imshow(np.ma.masked_equal(mask.numpy(), 0), cmap="autumn", alpha=0.5, vmin=0,
-                              vmax=max(len(class_names) - 1, 1))
-                ax.set_title(title if i == 0 else "")
+        for row, img, truth, pred in zip(axes, images, targets, preds, strict=True):
+            panels = (("image", None), ("truth", truth), ("prediction", pred))
+            for ax, (title, mask) in zip(row, panels, strict=True):
+                ax.imshow(img.permute(1, 2, 0).numpy())
+                if mask is not None:  # classes as solid colours over the image, background left clear
+                    ax.imshow(np.ma.masked_equal(mask.numpy(), 0), cmap="cool", alpha=0.7, vmin=1,
+                              vmax=max(len(class_names) - 1, 1), interpolation="nearest")
+                ax.set_title(title if row is axes[0] else "")
                 ax.axis("off")
     else:
         cols = min(n, 6)
@@ -220,7 +220,7 @@ def plot_predictions(images, targets, preds, task, class_names, path):
                                  squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
-        for ax, img, t, p in zip(axes.flat, images, targets, preds):
+        for ax, img, t, p in zip(axes.flat, images, targets, preds, strict=False):
             ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_title(f"{class_names[p]}\n(true: {class_names[t]})", fontsize=8,
                          color="green" if p == t else "red")
