@@ -7,6 +7,7 @@ cookiecutter --no-input -o "$OUT" "$ROOT"
 PROJECT=$(find "$OUT" -mindepth 1 -maxdepth 1 -type d)
 cd "$PROJECT"
 pip install -q --disable-pip-version-check -e .
+echo "Set-up done in ${SECONDS}s; running the pipeline."
 time dvc repro
 dvc metrics show
 cat <<MSG

@@ -45,6 +45,8 @@ def test_dvc_metrics_written(pipeline):
     train = files["metrics/train.json"]["data"]
     assert 0 <= train[f"test/{metric}"] <= 1 and train["epochs_run"] == 2
     assert files["metrics/prepare.json"]["data"]["train/images"] == 28
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))
+    assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
 
 
 def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):

@@ -1,6 +1,9 @@
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -179,6 +182,22 @@ def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeyp
     (run,) = _runs(project)
     assert run.info.status == status
     assert not (project / "models").exists() and not (project / "metrics/train.json").exists()
+
+
+def test_sigterm_ends_the_run_killed(project):
+    # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("train: MLflow run"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED"
+    assert not (project / "models").exists()
 
 
 def test_unreachable_server_stops_before_training(project, monkeypatch):
