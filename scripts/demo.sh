@@ -9,7 +9,9 @@ cd "$PROJECT"
 pip install -q --disable-pip-version-check -e .
 echo "Set-up done in ${SECONDS}s; running the pipeline."
 time dvc repro
-dvc metrics show
+for f in metrics/prepare.json metrics/train.json metrics/analyze.json; do
+  [ -f "$f" ] && python -c 'import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[1]); [print(f"  {k:32} {v:.4g}" if isinstance(v, float) else f"  {k:32} {v}") for k, v in d.items()]' "$f"
+done
 cat <<MSG
 
 Project:   $PROJECT

@@ -11,9 +11,10 @@ from conftest import BIN, TEMPLATE, bake
 # The exact files of a baked project (besides .git/), before conditional ones.
 COMMON = {
     ".dvcignore", ".gitignore", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml", "data/raw/README.md",
-    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "models", "params", "prepare", "tracking",
-                                      "train")),
-    *(f"tests/test_{m}.py" for m in ("data", "models", "train")),
+    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "tracking",
+                                      "prepare", "train", "analyze", "optimize")),
+    *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
+                                "test_optimize")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
@@ -73,30 +74,33 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert params["train"]["model"]["architecture"] == ctx.get("architecture", "Unet" if task == "segmentation"
                                                                  else "resnet18")
     assert params["mlflow"]["tracking_uri"] == ctx.get("mlflow_tracking_uri", "sqlite:///mlflow.db")
-    assert list(dvc["stages"]) == ["prepare", "train"]
+    assert list(dvc["stages"]) == ["prepare", "train", "analyze", "optimize"]
     assert pyproject["project"]["requires-python"] == f">={ctx.get('python_version', '3.11')}"
     assert "torch>=2.10" in pyproject["project"]["dependencies"]
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])
 
 
-def test_dvc_stages_depend_on_every_module_they_import(case):
-    # The classic template bug: a stage importing a shared module that isn't in its deps.
+def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
+    # The classic template bug: a stage importing a shared module that isn't in its deps (no rerun when it
+    # changes); the opposite, a module it doesn't use, reruns it for nothing.
     _, project = case
     package = project.name.replace("-", "_")
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     src = project / "src" / package
-    for name, stage in stages.items():
+
+    def imports(module):
+        return {m for line in (src / f"{module}.py").read_text().splitlines()
+                if line.startswith(f"from {package} import ")
+                for m in line.split(" import ")[1].replace(" ", "").split(",")}
+
+    for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
         assert stage["cmd"] == f"python -m {package}.{name}"
-        imported = {m for line in (src / f"{name}.py").read_text().splitlines()
-                    if line.startswith(f"from {package} import ")
-                    for m in line.split(" import ")[1].replace(" ", "").split(",")}
-        deps = set(stage["deps"])
-        assert {f"src/{package}/{m}.py" for m in imported | {name}} <= deps, name
-        # Every module a stage imports imports nothing else of ours that is missing from deps.
-        for m in imported:
-            for line in (src / f"{m}.py").read_text().splitlines():
-                if line.startswith(f"from {package} import "):
-                    assert f"src/{package}/{line.split()[-1]}.py" in deps
+        needed, todo = {name}, [name]
+        while todo:
+            for m in imports(todo.pop()) - needed:
+                needed.add(m)
+                todo.append(m)
+        code_deps = {d for d in stage["deps"] if d.startswith("src/")}
+        assert code_deps == {f"src/{package}/{m}.py" for m in needed}, name
 
 
 def test_ruff_clean(case):

@@ -9,7 +9,10 @@ import pytest
 import yaml
 from conftest import bake, project_env
 
-TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8}}
+TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
+        "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
+        "optimize": {"quantization": {"enabled": True, "calibration_images": 8},
+                     "latency": {"batch_size": 2, "warmup": 1, "runs": 5}}}
 
 
 def sh(project, *cmd):
@@ -38,14 +41,16 @@ def pipeline(request, tmp_path_factory):
 
 def test_dvc_metrics_written(pipeline):
     task, project, out = pipeline
-    assert "Running stage 'prepare'" in out and "Running stage 'train'" in out
+    assert all(f"Running stage '{stage}'" in out for stage in ("prepare", "train", "analyze", "optimize"))
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
     files = next(iter(metrics.values()))["data"]
     metric = "dice" if task == "segmentation" else "accuracy"
     train = files["metrics/train.json"]["data"]
     assert 0 <= train[f"test/{metric}"] <= 1 and train["epochs_run"] == 2
     assert files["metrics/prepare.json"]["data"]["train/images"] == 28
-    plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))
+    assert files["metrics/analyze.json"]["data"]["params/total"] > 0
+    assert files["metrics/optimize.json"]["data"]["fp32/speedup_batch_1"] == 1.0
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]
     assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
 
 
@@ -56,6 +61,8 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     assert run.info.run_id == ref["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["prepare.image_size"] == "32"
     assert run.data.tags["dvc_stage"] == "train" and run.data.tags["task"] == task
+    analyzed = json.loads((project / "metrics/analyze.json").read_text())
+    assert run.data.metrics["analyze/latency/batch_1/p50_ms"] == pytest.approx(analyzed["latency/batch_1/p50_ms"])
     client = mlflow.MlflowClient()
     metric = "dice" if task == "segmentation" else "accuracy"
     history = client.get_metric_history(run.info.run_id, f"val/{metric}")
@@ -63,7 +70,8 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     artifacts = {f.path for folder in client.list_artifacts(run.info.run_id)
                  for f in client.list_artifacts(run.info.run_id, folder.path)}
     assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "plots/curves.png",
-            "plots/predictions.png", "metrics/train.json"} <= artifacts
+            "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
+            "optimize/optimize.md"} <= artifacts
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
 

@@ -6,16 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
-import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from {{ cookiecutter.package_name }} import data, files, models, params, prepare, tracking, train
-
-PARAMS = Path(__file__).parents[1] / "params.yaml"
-TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]
+from {{ cookiecutter.package_name }} import data, files, models, params, tracking, train
 
 
 def test_segmentation_scores_on_known_counts():
@@ -125,68 +120,45 @@ def test_run_name():
     assert tracking.run_name("resnet18", None, True, now=0).startswith("resnet18_pretrained_")
 
 
-# --- the stages end to end, in a scratch project with tiny params ------------------------------------------
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    p = yaml.safe_load(PARAMS.read_text())
-    p["prepare"].update(image_size=32, synthetic_images=30)
-    p["train"].update(epochs=2, batch_size=8)
-    p["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    prepare.main()
-    yield tmp_path
-    mlflow.end_run()
-
-
-def _runs(root):
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
-
-
-def test_prepare_outputs(project):
+def test_prepare_outputs(project, task):
     info = json.loads((project / "data/prepared/dataset.json").read_text())
-    assert info["task"] == TASK and sum(info["sizes"].values()) == 30
+    assert info["task"] == task and sum(info["sizes"].values()) == 30
     metrics = json.loads((project / "metrics/prepare.json").read_text())
     assert metrics["train/images"] == info["sizes"]["train"]
     assert not [p for p in (project / "data").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
-def test_train_tracks_a_finished_run(project):
+def test_train_tracks_a_finished_run(project, task, runs):
     train.main()
-    metric = train.primary_metric(TASK)
+    metric = train.primary_metric(task)
     m = json.loads((project / "metrics/train.json").read_text())
     assert 0 <= m[f"test/{metric}"] <= 1 and m["epochs_run"] == 2
     ref = json.loads((project / "metrics/mlflow.json").read_text())
-    (run,) = _runs(project)
+    (run,) = runs(project)
     assert run.info.status == "FINISHED" and run.info.run_id == ref["run_id"]
     assert run.data.params["lr"] == "0.001" and run.data.params["train.epochs"] == "2"
     assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
-    assert run.data.tags["task"] == TASK and "git_commit" in run.data.tags
+    assert run.data.tags["task"] == task and "git_commit" in run.data.tags
     model, _ = models.load_checkpoint(project / "models/model.safetensors")
     assert model(torch.rand(2, 3, 32, 32)).shape[0] == 2
 
 
 @pytest.mark.parametrize("exc,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
-def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeypatch, exc, status):
+def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeypatch, exc, status, runs):
     def boom(*a, **k):
         raise exc("stop")
 
     monkeypatch.setattr(train, "train_one_epoch", boom)
     with pytest.raises(exc):
         train.main()
-    (run,) = _runs(project)
+    (run,) = runs(project)
     assert run.info.status == status
     assert not (project / "models").exists() and not (project / "metrics/train.json").exists()
 
 
-def test_sigterm_ends_the_run_killed(project):
+def test_sigterm_ends_the_run_killed(project, runs):
     # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -195,7 +167,7 @@ def test_sigterm_ends_the_run_killed(project):
             break
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    (run,) = _runs(project)
+    (run,) = runs(project)
     assert run.info.status == "KILLED"
     assert not (project / "models").exists()
 

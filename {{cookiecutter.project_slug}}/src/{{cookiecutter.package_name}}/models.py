@@ -103,14 +103,21 @@ def check_input_size(model, size, name):
         model.train(was_training)
 
 
-def save_checkpoint(path, model, model_args):
-    safetensors.torch.save_model(model, str(path), metadata={"model_args": json.dumps(model_args)})
+def save_checkpoint(path, model, model_args, **info):
+    """Weights plus, as JSON metadata, the constructor arguments and any `info` (e.g. input_shape)."""
+    meta = {"model_args": model_args, **info}
+    safetensors.torch.save_model(model, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def checkpoint_info(path):
+    """The metadata saved with the weights: {"model_args": {...}, "input_shape": [3, H, W], ...}."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in f.metadata().items()}
 
 
 def load_checkpoint(path):
     """Rebuild the model from the arguments stored in the file, then load its weights (no pickle)."""
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        model_args = json.loads(f.metadata()["model_args"])
+    model_args = checkpoint_info(path)["model_args"]
     model = build_model(**model_args)
     safetensors.torch.load_model(model, str(path))
     return model.eval(), model_args

@@ -21,7 +21,7 @@ def load(path="params.yaml"):
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run the stage from the project root (where dvc.yaml is)")
     p = yaml.safe_load(path.read_text()) or {}
-    for section in ("seed", "lr", "prepare", "train", "mlflow"):
+    for section in ("seed", "lr", "prepare", "train", "analyze", "optimize", "mlflow"):
         _check(section in p, section, None, "missing; restore it from the template's params.yaml")
     _check(isinstance(p["seed"], int), "seed", p["seed"], "must be an integer")
     _check(isinstance(p["lr"], (int, float)) and p["lr"] > 0, "lr", p["lr"], "must be a positive number")
@@ -39,6 +39,19 @@ def load(path="params.yaml"):
     for key in ("epochs", "batch_size"):
         _check(isinstance(tr.get(key), int) and tr[key] >= 1, f"train.{key}", tr.get(key),
                "must be an integer >= 1")
+    for key in ("batch_size", "runs"):
+        _check(isinstance(p["analyze"].get(key), int) and p["analyze"][key] >= 1, f"analyze.{key}",
+               p["analyze"].get(key), "must be an integer >= 1")
+    _check(isinstance(p["analyze"].get("warmup"), int) and p["analyze"]["warmup"] >= 0, "analyze.warmup",
+           p["analyze"].get("warmup"), "must be an integer >= 0")
+    op = p["optimize"]
+    _check(0 <= op["pruning"].get("amount", -1) < 1, "optimize.pruning.amount", op["pruning"].get("amount"),
+           "must be a fraction in [0, 1)")
+    _check(0 < op["select"].get("min_quality_ratio", 0) <= 1, "optimize.select.min_quality_ratio",
+           op["select"].get("min_quality_ratio"), "must be in (0, 1]; 0.99 is MLPerf's closed-division rule")
+    for key in ("batch_size", "runs"):
+        _check(isinstance(op["latency"].get(key), int) and op["latency"][key] >= 1, f"optimize.latency.{key}",
+               op["latency"].get(key), "must be an integer >= 1")
     return p
 
 

@@ -6,6 +6,7 @@ Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themse
     'sqlite:////repo/mlflow.db'
 """
 
+import contextlib
 import os
 import subprocess
 import time
@@ -46,19 +47,43 @@ def check_reachable(uri, timeout=5.0):
             "store (sqlite:///mlflow.db), or set mlflow.enabled: false") from None
 
 
-def set_experiment(cfg, root):
-    """Point MLflow at the project's store and experiment; returns the experiment id.
-
-    With a local sqlite store, new experiments keep artifacts in <root>/mlruns, absolute: MLflow's default
-    (./mlruns of the working directory) would land in DVC's temporary experiment copies."""
+def connect(cfg, root):
+    """Point MLflow at the project's store, after checking a server answers. Returns the URI."""
     uri = tracking_uri(cfg["tracking_uri"], root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def set_experiment(cfg, root):
+    """connect(), then the project's experiment id, created if needed.
+
+    With a local sqlite store, new experiments keep artifacts in <root>/mlruns, absolute: MLflow's default
+    (./mlruns of the working directory) would land in DVC's temporary experiment copies."""
+    uri = connect(cfg, root)
     exp = mlflow.get_experiment_by_name(cfg["experiment"])
     if exp is not None:
         return exp.experiment_id
     location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
     return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+
+
+@contextlib.contextmanager
+def closing(run):
+    """End `run` FINISHED, FAILED, or KILLED (Ctrl-C; SIGTERM once routed to KeyboardInterrupt), never RUNNING.
+    mlflow.start_run's own context manager calls an interrupt FAILED. `run` may be None (tracking off)."""
+    if run is None:
+        yield
+        return
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def run_name(architecture, encoder, pretrained, now=None):

@@ -285,7 +285,7 @@ def main():
                 "data_source": info["source"], "data_sha256": info["sha256"], **tracking.context_tags()}
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
         print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {mlflow.get_tracking_uri()}")
-    try:
+    with tracking.closing(run):
         if run:
             mlflow.log_params(params.flatten(p))
             prepared = json.loads(Path("metrics/prepare.json").read_text())
@@ -320,7 +320,7 @@ def main():
         for path in (CHECKPOINT, CURVES):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         with files.atomic_path(CHECKPOINT) as tmp:
-            models.save_checkpoint(tmp, model, model_args)
+            models.save_checkpoint(tmp, model, model_args, input_shape=[3, info["image_size"], info["image_size"]])
         files.write_json(HISTORY, history)
         with files.atomic_path(CURVES) as tmp:
             plot_curves(history, metric, tmp)
@@ -346,16 +346,6 @@ def main():
             run_ref = {"enabled": True, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                        "model_uri": logged.model_uri}
         files.write_json(RUN_FILE, run_ref)
-    except KeyboardInterrupt:
-        if run:
-            mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        if run:
-            mlflow.end_run("FAILED")
-        raise
-    if run:
-        mlflow.end_run("FINISHED")
     print(f"train: best epoch {best_epoch}/{len(history)}, val/{metric} {metrics[f'best_val/{metric}']:.4f}, "
           f"test/{metric} {metrics[f'test/{metric}']:.4f} -> {CHECKPOINT}, {METRICS}")
 

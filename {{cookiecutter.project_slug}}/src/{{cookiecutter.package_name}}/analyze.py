@@ -1,0 +1,128 @@
+"""analyze: measure the trained model: parameters, layers, FLOPs, memory, file size, latency percentiles.
+
+    python -m {{ cookiecutter.package_name }}.analyze     # or: dvc repro analyze
+
+Reads params `analyze`, `mlflow`, the checkpoint and the run reference train wrote. Writes
+metrics/analyze.json, reports/analyze.json, reports/analyze.html and reports/analyze_layers.csv, and logs
+the same metrics and files into the pipeline's MLflow run.
+"""
+
+import csv
+import html
+import io
+import json
+import signal
+import sys
+from pathlib import Path
+
+import mlflow
+import torch
+
+from {{ cookiecutter.package_name }} import files, measure, models, params, tracking
+
+CHECKPOINT = Path("models/model.safetensors")
+RUN_FILE = Path("metrics/mlflow.json")
+METRICS = "metrics/analyze.json"
+REPORT = "reports/analyze.json"
+HTML = "reports/analyze.html"
+LAYERS = "reports/analyze_layers.csv"
+CSS = ("body { font-family: sans-serif; margin: 2em } table { border-collapse: collapse; margin-bottom: 2em } "
+       "td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left } th { background: #f4f4f4 }")
+
+
+def analyze(model, input_shape, batch_size, warmup, runs):
+    """All measurements of `model` at `input_shape` (C, H, W); returns (summary dict, per-layer rows)."""
+    model.eval()
+    x1 = torch.rand(1, *input_shape)
+    rows, flops = measure.layer_table(model, x1)
+    summary = {
+        "family": measure.family(model), "input_shape": list(input_shape),
+        "params": measure.parameters(model), "layers": measure.layers(model),
+        "flops": flops, "macs": flops // 2,
+        "memory": measure.memory(model, x1),
+        "latency": {"batch_1": measure.model_latency(model, x1, warmup, runs),
+                    f"batch_{batch_size}": measure.model_latency(model, torch.rand(batch_size, *input_shape),
+                                                                 warmup, runs)},
+        "protocol": {"warmup": warmup, "runs": runs, "mode": "eval + torch.inference_mode", "input": "uniform [0, 1)",
+                     **measure.environment()},
+    }
+    return summary, rows
+
+
+def metrics_of(summary, file_bytes):
+    """The flat dict for metrics/analyze.json and MLflow (numbers only)."""
+    mb = 2 ** 20
+    m = {"params/total": summary["params"]["total"], "params/trainable": summary["params"]["trainable"],
+         "layers/modules": summary["layers"]["modules"], "layers/leaf": summary["layers"]["leaf"],
+         "flops/total": summary["flops"], "macs/total": summary["macs"],
+         "memory/weights_mb": summary["memory"]["weights_bytes"] / mb,
+         "memory/activation_peak_mb": summary["memory"]["activation_peak_bytes"] / mb,
+         "memory/peak_rss_mb": summary["memory"]["peak_rss_bytes"] / mb,
+         "size/checkpoint_mb": file_bytes / mb}
+    for batch, stats in summary["latency"].items():
+        m.update({f"latency/{batch}/{k}": v for k, v in stats.items() if k != "runs"})
+    return m
+
+
+def render_html(summary, metrics, rows):
+    def table(pairs):
+        return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
+
+    layer_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("name", "type", "params", "output_shape",
+                                                                          "flops")) + "</tr>" for r in rows)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Model analysis: {html.escape(summary['family'])}</title>
+<style>{CSS}</style></head><body>
+<h1>Model analysis: {html.escape(summary['family'])}</h1>
+<h2>Summary</h2><table>{table((k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items())}</table>
+<h2>Protocol</h2><table>{table(summary['protocol'].items())}</table>
+<h2>Layers ({len(rows)} leaf modules)</h2>
+<table><tr><th>name</th><th>type</th><th>params</th><th>output shape</th><th>FLOPs</th></tr>{layer_rows}</table>
+</body></html>
+"""
+
+
+def main():
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
+    p = params.load()
+    ap = p["analyze"]
+    if ap.get("threads"):
+        torch.set_num_threads(ap["threads"])
+    model, _ = models.load_checkpoint(CHECKPOINT)
+    input_shape = models.checkpoint_info(CHECKPOINT)["input_shape"]
+    ref = json.loads(RUN_FILE.read_text())
+    run = None
+    if ref["enabled"]:
+        tracking.connect(p["mlflow"], tracking.repo_root())
+        run = mlflow.start_run(run_id=ref["run_id"])
+    with tracking.closing(run):
+        summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
+        metrics = metrics_of(summary, CHECKPOINT.stat().st_size)
+        files.write_json(REPORT, {"summary": summary, "metrics": metrics, "layers": rows})
+        with files.atomic_path(HTML) as tmp:
+            tmp.write_text(render_html(summary, metrics, rows))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["name", "type", "params", "output_shape", "flops"])
+        writer.writeheader()
+        writer.writerows(rows)
+        with files.atomic_path(LAYERS) as tmp:
+            tmp.write_text(buf.getvalue())
+        files.write_json(METRICS, metrics)
+        if run:
+            mlflow.log_metrics({f"analyze/{k}": v for k, v in metrics.items()})
+            mlflow.set_tags({"family": summary["family"], "analyze.cpu": summary["protocol"]["cpu"],
+                             "analyze.threads": str(summary["protocol"]["threads"])})
+            for path in (REPORT, HTML, LAYERS):
+                mlflow.log_artifact(path, "analyze")
+    b1 = summary["latency"]["batch_1"]
+    print(f"analyze: {summary['family']} {metrics['params/total']:,} params, {summary['macs'] / 1e9:.3f} GMACs, "
+          f"batch-1 p50 {b1['p50_ms']:.2f} ms (p90 {b1['p90_ms']:.2f}) on {summary['protocol']['threads']} "
+          f"threads -> {METRICS}, {HTML}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, ConnectionError, FileNotFoundError) as e:
+        sys.exit(f"analyze: {type(e).__name__}: {e}")

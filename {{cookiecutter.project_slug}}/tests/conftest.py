@@ -1,0 +1,52 @@
+"""A scratch copy of this project with tiny params, for tests that run the stages themselves."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }} import prepare, train
+
+PARAMS = Path(__file__).parents[1] / "params.yaml"
+TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """tmp_path as the working directory, with tiny params and prepare's outputs."""
+    p = yaml.safe_load(PARAMS.read_text())
+    p["prepare"].update(image_size=32, synthetic_images=30)
+    p["train"].update(epochs=2, batch_size=8)
+    p["analyze"].update(batch_size=2, warmup=1, runs=5)
+    p["optimize"]["quantization"]["calibration_images"] = 8
+    p["optimize"]["latency"].update(batch_size=2, warmup=1, runs=5)
+    p["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    prepare.main()
+    yield tmp_path
+    mlflow.end_run()
+
+
+@pytest.fixture
+def trained(project):
+    train.main()
+    return project
+
+
+@pytest.fixture
+def task():
+    return TASK
+
+
+@pytest.fixture
+def runs():
+    """runs(root): the MLflow runs in root's embedded store."""
+    def search(root):
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+        return mlflow.search_runs(search_all_experiments=True, output_format="list")
+    return search
