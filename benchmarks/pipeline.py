@@ -1,16 +1,20 @@
-"""Default `dvc repro` (prepare + train) from a fresh bake, per task: wall time and quality.
+"""The default pipeline from a fresh bake, per task: each stage's wall time, quality, analyze's latency
+repeatability, optimize's int8 figures.
 
     .venv/bin/python benchmarks/pipeline.py [--tasks segmentation classification] [--out benchmarks/results]
 
-Bakes with the default answers, runs `dvc repro` with the generated params untouched, and writes one JSON
-per run with the machine it ran on. Targets (issue 2): <= 5 minutes on 2 CPU cores; val dice >= 0.9
-(segmentation), val accuracy >= 0.9 (classification).
+Bakes with the default answers and runs `dvc repro <stage>` stage by stage with the generated params
+untouched, then analyze twice more (p50 spread over 3 runs). Writes one JSON with the machine it ran on.
+Targets: prepare + train <= 5 min and val dice / accuracy >= 0.9 (issue 2); analyze + optimize <= 3 min,
+analyze p50 within 5% over 3 runs, int8 >= 74% smaller and >= 2.5x faster at batch 1 with quality >= 0.99 x
+fp32 (issue 3).
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import bake, project_env  # noqa: E402
+from conftest import bake, project_env  # noqa: E402  (after the sys.path insert)
 
 
 def cpu_model():
@@ -31,17 +35,38 @@ def cpu_model():
     return platform.processor()
 
 
+STAGES = ("prepare", "train", "analyze", "optimize")
+
+
 def run(task, workdir):
     project = bake(workdir, task=task, init_git=True)
-    start = time.perf_counter()
-    subprocess.run(["dvc", "repro"], cwd=project, env=project_env(project), check=True,
-                   stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
+    env = project_env(project)
+    stage_s = {}
+    for stage in STAGES:
+        start = time.perf_counter()
+        subprocess.run(["dvc", "repro", stage], cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
+        stage_s[stage] = round(time.perf_counter() - start, 1)
+    p50 = [json.loads((project / "metrics/analyze.json").read_text())["latency/batch_1/p50_ms"]]
+    for _ in range(2):
+        package = project.name.replace("-", "_")
+        subprocess.run([sys.executable, "-m", f"{package}.analyze"], cwd=project, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        p50.append(json.loads((project / "metrics/analyze.json").read_text())["latency/batch_1/p50_ms"])
     metric = "dice" if task == "segmentation" else "accuracy"
     m = json.loads((project / "metrics/train.json").read_text())
-    return {"task": task, "wall_s": round(wall, 1), "train_time_s": round(m["train_time_s"], 1),
+    opt = json.loads((project / "reports/optimize.json").read_text())
+    int8 = opt["variants"].get("int8_onnxruntime", {})
+    return {"task": task, "stage_s": stage_s, "prepare_train_s": round(stage_s["prepare"] + stage_s["train"], 1),
+            "analyze_optimize_s": round(stage_s["analyze"] + stage_s["optimize"], 1),
             "epochs_run": m["epochs_run"], f"val_{metric}": round(m[f"best_val/{metric}"], 4),
-            f"test_{metric}": round(m[f"test/{metric}"], 4)}
+            f"test_{metric}": round(m[f"test/{metric}"], 4),
+            "analyze_p50_ms": [round(x, 3) for x in p50],
+            "analyze_p50_spread": round((max(p50) - min(p50)) / statistics.median(p50), 4),
+            "int8_size_change": round(int8.get("size_change", float("nan")), 4),
+            "int8_speedup_batch_1": round(int8.get("latency_batch_1", {}).get("speedup", float("nan")), 2),
+            "int8_speedup_batch_n": round(int8.get("latency_batch_n", {}).get("speedup", float("nan")), 2),
+            f"int8_{metric}_ratio": round(int8.get(metric, float("nan")) / opt["variants"]["fp32"][metric], 4),
+            "deployable": opt["deployable"]}
 
 
 def main():

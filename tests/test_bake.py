@@ -1,11 +1,13 @@
 """Bake over the option matrix and check what comes out, file by file."""
 
+import re
 import subprocess
 import sys
 import tomllib
 
 import pytest
 import yaml
+
 from conftest import BIN, TEMPLATE, bake
 
 # The exact files of a baked project (besides .git/), before conditional ones.
@@ -87,10 +89,12 @@ def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
     package = project.name.replace("-", "_")
     src = project / "src" / package
 
-    def imports(module):
-        return {m for line in (src / f"{module}.py").read_text().splitlines()
-                if line.startswith(f"from {package} import ")
-                for m in line.split(" import ")[1].replace(" ", "").split(",")}
+    def imports(module):  # our modules that `module` imports: `from pkg import a, b` or `from pkg.a import x`
+        found = set()
+        for line in (src / f"{module}.py").read_text().splitlines():
+            if m := re.match(rf"from {package}(?:\.(\w+))? import (.+)", line):
+                found |= {m[1]} if m[1] else set(m[2].replace(" ", "").split(","))
+        return found
 
     for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
         assert stage["cmd"] == f"python -m {package}.{name}"

@@ -2,6 +2,7 @@
 
 import pytest
 from cookiecutter.exceptions import FailedHookException
+
 from conftest import bake
 
 

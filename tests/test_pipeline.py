@@ -7,6 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+
 from conftest import bake, project_env
 
 TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
