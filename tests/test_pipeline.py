@@ -13,7 +13,9 @@ from conftest import bake, project_env
 TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
         "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
         "optimize": {"quantization": {"enabled": True, "calibration_images": 8},
-                     "latency": {"batch_size": 2, "warmup": 1, "runs": 5}}}
+                     "latency": {"batch_size": 2, "warmup": 1, "runs": 5}},
+        "robustness": {"subset": 8, "epsilons": [0, 4], "declared_epsilon": 4, "pgd": {"steps": 2, "step_size": 0.5},
+                       "corruptions": ["gaussian_noise", "jpeg"], "severities": [1], "bootstrap_resamples": 50}}
 
 
 def sh(project, *cmd):
@@ -42,7 +44,7 @@ def pipeline(request, tmp_path_factory):
 
 def test_dvc_metrics_written(pipeline):
     task, project, out = pipeline
-    assert all(f"Running stage '{stage}'" in out for stage in ("prepare", "train", "analyze", "optimize"))
+    assert all(f"Running stage '{stage}'" in out for stage in ("prepare", "train", "analyze", "optimize", "robustness"))
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
     files = next(iter(metrics.values()))["data"]
     metric = "dice" if task == "segmentation" else "accuracy"
@@ -51,6 +53,9 @@ def test_dvc_metrics_written(pipeline):
     assert files["metrics/prepare.json"]["data"]["train/images"] == 28
     assert files["metrics/analyze.json"]["data"]["params/total"] > 0
     assert files["metrics/optimize.json"]["data"]["fp32/speedup_batch_1"] == 1.0
+    robust = files["metrics/robustness.json"]["data"]
+    assert robust[f"pgd/eps0/{metric}"] == pytest.approx(robust[f"clean/{metric}"])
+    assert robust["security/fail"] == 0
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]
     assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
 
@@ -72,7 +77,7 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
                  for f in client.list_artifacts(run.info.run_id, folder.path)}
     assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "plots/curves.png",
             "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
-            "optimize/optimize.md"} <= artifacts
+            "optimize/optimize.md", "robustness/robustness.html"} <= artifacts
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
 

@@ -136,7 +136,7 @@ def test_train_tracks_a_finished_run(project, task, runs):
     ref = json.loads((project / "metrics/mlflow.json").read_text())
     (run,) = runs(project)
     assert run.info.status == "FINISHED" and run.info.run_id == ref["run_id"]
-    assert run.data.params["lr"] == "0.001" and run.data.params["train.epochs"] == "2"
+    assert run.data.params["lr"] == str(params.load()["lr"]) and run.data.params["train.epochs"] == "2"
     assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
     assert run.data.tags["task"] == task and "git_commit" in run.data.tags
     model, _ = models.load_checkpoint(project / "models/model.safetensors")

@@ -81,7 +81,8 @@ def make_synthetic(task, n, size, num_classes, seed):
         count = rng.integers(1, 4) if task == "segmentation" else 1
         for _ in range(count):
             kind = rng.integers(0, len(SHAPES) if kinds == 1 else kinds) if task == "segmentation" else i % kinds
-            r = rng.uniform(0.12, 0.25) * size
+            # One shape per class image is drawn larger: its outline is the only cue to the label.
+            r = rng.uniform(0.12, 0.25) * size if task == "segmentation" else rng.uniform(0.22, 0.38) * size
             cy, cx = rng.uniform(r, size - r, 2)
             m = _shape_mask(SHAPES[kind], yy, xx, cy, cx, r, rng.uniform(0, 2 * math.pi))
             # Hard but fair: a shape's colour stands at least 80/255 (RGB distance) from the background

@@ -7,6 +7,8 @@
 Every figure here is measured on the model in hand; nothing is looked up or assumed.
 """
 
+import contextlib
+import os
 import platform
 import resource
 import statistics
@@ -59,11 +61,26 @@ def layer_table(model, x):
     return rows, counter.get_total_flops()
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    # The profiler's C++ side (kineto) writes status lines and, on machines without a GPU, an "ERROR ...
+    # gpuGetDeviceCount" line straight to fd 2. Python exceptions still surface: they are raised, not printed.
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def memory(model, x):
     """Bytes: parameters + buffers; the activation peak of one forward pass, from the profiler's allocation
     events replayed in time order (tracemalloc can't see torch's allocator); the process's peak RSS so far."""
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU],
+                                                           profile_memory=True) as prof:
         model(x)
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

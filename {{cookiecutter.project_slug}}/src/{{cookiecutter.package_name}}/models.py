@@ -103,6 +103,21 @@ def check_input_size(model, size, name):
         model.train(was_training)
 
 
+def validate_input(x, input_shape):
+    """The gate in front of inference: float32 (B, C, H, W) images in [0, 1], finite, at the trained size."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"input is a {type(x).__name__}: expected a torch.Tensor")
+    if x.dtype != torch.float32:
+        raise ValueError(f"input dtype {x.dtype}: expected torch.float32 (uint8 images: x.float() / 255)")
+    if x.dim() != 4 or list(x.shape[1:]) != list(input_shape):
+        raise ValueError(f"input shape {tuple(x.shape)}: expected (B, {', '.join(map(str, input_shape))})")
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"input values span [{x.min():.3g}, {x.max():.3g}]: expected [0, 1] (uint8 images: / 255)")
+    return x
+
+
 def save_checkpoint(path, model, model_args, **info):
     """Weights plus, as JSON metadata, the constructor arguments and any `info` (e.g. input_shape)."""
     meta = {"model_args": model_args, **info}

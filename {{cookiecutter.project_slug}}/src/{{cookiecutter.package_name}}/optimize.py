@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -50,9 +51,11 @@ PARETO = "plots/optimize/pareto.png"
 def export_onnx(model, input_shape, path):
     """fp32 ONNX with a dynamic batch dimension. The TorchScript-based exporter: the dynamo one needs the
     onnxscript package and gives the same graph for these CNNs."""
-    torch.onnx.export(model, torch.rand(2, *input_shape), str(path), dynamo=False, opset_version=17,
-                      input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    with warnings.catch_warnings():  # the deprecation notice of the TorchScript exporter, chosen on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, torch.rand(2, *input_shape), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def quantize_onnx(fp32_path, int8_path, calibration):

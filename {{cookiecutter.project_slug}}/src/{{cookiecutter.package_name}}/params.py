@@ -21,7 +21,7 @@ def load(path="params.yaml"):
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run the stage from the project root (where dvc.yaml is)")
     p = yaml.safe_load(path.read_text()) or {}
-    for section in ("seed", "lr", "prepare", "train", "analyze", "optimize", "mlflow"):
+    for section in ("seed", "lr", "prepare", "train", "analyze", "optimize", "robustness", "mlflow"):
         _check(section in p, section, None, "missing; restore it from the template's params.yaml")
     _check(isinstance(p["seed"], int), "seed", p["seed"], "must be an integer")
     _check(isinstance(p["lr"], (int, float)) and p["lr"] > 0, "lr", p["lr"], "must be a positive number")
@@ -52,6 +52,13 @@ def load(path="params.yaml"):
     for key in ("batch_size", "runs"):
         _check(isinstance(op["latency"].get(key), int) and op["latency"][key] >= 1, f"optimize.latency.{key}",
                op["latency"].get(key), "must be an integer >= 1")
+    rp = p["robustness"]
+    _check(rp.get("declared_epsilon") in rp.get("epsilons", []), "robustness.declared_epsilon",
+           rp.get("declared_epsilon"), f"must be one of robustness.epsilons {rp.get('epsilons')}")
+    _check(set(rp.get("severities", [])) <= {1, 2, 3} and rp.get("severities"), "robustness.severities",
+           rp.get("severities"), "must be a non-empty list from 1, 2, 3")
+    _check(0 <= rp["levels"].get("medium", -1) <= rp["levels"].get("high", -1) <= 1, "robustness.levels",
+           rp["levels"], "need 0 <= medium <= high <= 1")
     return p
 
 

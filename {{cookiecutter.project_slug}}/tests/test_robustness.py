@@ -1,0 +1,130 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from {{ cookiecutter.package_name }} import models, optimize, robustness, train
+
+
+class Evil:
+    def __reduce__(self):  # unpickling this runs a shell command
+        return (os.system, ("echo pwned",))
+
+
+def _tiny_classifier():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    return models.Normalized(net, [0.5] * 3, [0.25] * 3).eval()
+
+
+def _loss(model, x, y):
+    with torch.no_grad():
+        return robustness.attack_loss(model(x), y, "classification", 3).item()
+
+
+def test_attacks_behave_like_attacks():
+    model = _tiny_classifier()
+    x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 3, (32,))
+    loss = lambda logits, t: robustness.attack_loss(logits, t, "classification", 3)  # noqa: E731
+    assert torch.equal(robustness.fgsm(model, x, y, 0, loss), x)  # epsilon 0 changes nothing
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for eps in (1 / 255, 4 / 255, 16 / 255):
+        adv = robustness.fgsm(model, x, y, eps, loss)
+        assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        strong = robustness.pgd(model, x, y, eps, loss, steps=10, step_size=0.25, generator=g)
+        assert (strong - x).abs().max() <= eps + 1e-6
+        assert _loss(model, strong, y) >= _loss(model, adv, y) - 1e-4  # PGD at least as strong as FGSM
+        losses.append(_loss(model, adv, y))
+    assert _loss(model, x, y) < losses[0] < losses[1] < losses[2]  # stronger budget, higher loss
+
+
+@pytest.mark.parametrize("kind", ["gaussian_noise", "blur", "brightness", "contrast", "jpeg"])
+def test_corruptions_grow_with_severity(kind):
+    x = torch.rand(4, 3, 16, 16) * 0.6 + 0.2
+    dist = []
+    for severity in (1, 2, 3):
+        xc = robustness.corrupt(x, kind, severity, torch.Generator().manual_seed(0))
+        assert xc.shape == x.shape and xc.min() >= 0 and xc.max() <= 1
+        dist.append((xc - x).abs().mean().item())
+    assert 0 < dist[0] < dist[1] < dist[2]
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    y = torch.randint(0, 3, (40,))
+    logits = torch.nn.functional.one_hot(y, 3).float()
+    logits[:10] = logits[:10].roll(1, dims=1)  # 10 of 40 wrong: accuracy 0.75
+    out = robustness.evaluate(lambda x: x, logits, y, "classification", 3, batch_size=8, resamples=500, seed=0)
+    assert out["accuracy"] == 0.75
+    assert out["accuracy_ci_low"] < 0.75 < out["accuracy_ci_high"]
+
+
+def test_scanner_fails_a_planted_malicious_pickle(tmp_path):
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
+    torch.save({"weights": torch.zeros(2), "payload": Evil()}, tmp_path / "evil.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "clean.pt")
+    assert robustness.scan_file(tmp_path / "evil.pkl") == ["posix.system"]
+    assert robustness.scan_file(tmp_path / "evil.pt") == ["posix.system"]
+    assert robustness.scan_file(tmp_path / "clean.pt") == []
+    (result,) = robustness.check_scan(tmp_path)
+    assert result["status"] == "FAIL" and "evil.pt" in result["evidence"] and "clean.pt" not in result["evidence"]
+    (fmt,) = robustness.check_formats([tmp_path / "evil.pt"], None)
+    assert fmt["status"] == "FAIL"  # torch.load(weights_only=True) refuses it
+
+
+def test_safe_formats_pass(tmp_path):
+    model = _tiny_classifier()
+    models.save_checkpoint(tmp_path / "m.safetensors", model, {"x": 1})
+    optimize.export_onnx(model, [3, 8, 8], tmp_path / "m.onnx")
+    results = robustness.check_formats([tmp_path / "m.safetensors", tmp_path / "m.onnx"], None)
+    assert [r["status"] for r in results] == ["PASS", "PASS"]
+    assert robustness.check_scan(tmp_path)[0]["status"] == "PASS"
+
+
+def test_version_floors_cite_cves():
+    (torch_old, mlflow_new) = robustness.check_versions({"torch": "2.5.1+cpu", "mlflow": "3.17.2"})
+    assert torch_old["status"] == "FAIL" and "CVE-2025-32434" in torch_old["evidence"]
+    assert mlflow_new["status"] == "PASS"
+
+
+def test_tracking_configuration():
+    assert robustness.check_tracking("http://10.1.2.3:5000", env={})[0]["status"] == "WARN"
+    assert robustness.check_tracking("http://10.1.2.3:5000", env={"MLFLOW_TRACKING_USERNAME": "u"})[0][
+        "status"] == "PASS"
+    assert robustness.check_tracking("http://127.0.0.1:5000", env={})[0]["status"] == "PASS"
+    assert robustness.check_tracking("sqlite:////repo/mlflow.db", env={})[0]["status"] == "PASS"
+
+
+@pytest.mark.parametrize("values,status", [
+    ({"params.lr": 0.001, "tag.task": "segmentation"}, "PASS"),
+    ({"params.mlflow.api_token": "abc123"}, "FAIL"),
+    ({"params.mlflow.tracking_uri": "http://user:hunter2@host:5000"}, "FAIL"),
+    ({"tag.note": "AKIAABCDEFGHIJKLMNOP"}, "FAIL"),
+])
+def test_secret_patterns(values, status):
+    assert robustness.check_secrets(values)[0]["status"] == status
+
+
+def test_input_validation_is_real():
+    assert robustness.check_input_validation([3, 8, 8])[0]["status"] == "PASS"
+    with pytest.raises(ValueError, match="NaN"):
+        models.validate_input(torch.full((1, 3, 8, 8), float("nan")), [3, 8, 8])
+
+
+def test_robustness_stage(trained, runs, task):
+    optimize.main()
+    robustness.main()
+    metric = train.primary_metric(task)
+    report = json.loads((trained / "reports/robustness.json").read_text())
+    m = json.loads((trained / "metrics/robustness.json").read_text())
+    # epsilon 0 leaves the metric unchanged
+    assert m[f"pgd/eps0/{metric}"] == pytest.approx(m[f"clean/{metric}"])
+    assert m["level"] in ("low", "medium", "high") and m["security/fail"] == 0
+    assert {f["check"] for f in report["security"]} == {"no-pickle-format", "pickle-scan", "cve-floor",
+                                                         "tracking-config", "secrets", "input-validation", "sha256"}
+    assert (trained / "plots/robustness/curve.png").stat().st_size > 0
+    (run,) = runs(trained)
+    assert run.info.status == "FINISHED" and run.data.tags["robustness_level"] == m["level"]
