@@ -18,11 +18,9 @@ import html
 import io
 import json
 import os
-import pickletools
 import re
 import signal
 import sys
-import zipfile
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,10 +56,6 @@ CVE_FLOORS = {
     "torch": ("2.10", "CVE-2025-32434, CVE-2026-24747: code execution through torch.load(weights_only=True)"),
     "mlflow": ("3.11", "CVE-2026-2652, CVE-2026-0545: tracking-server vulnerabilities in mlflow <= 3.10.1"),
 }
-# Globals a pickle has no business importing: each one can run code or touch the system when unpickled.
-DANGEROUS = re.compile(r"^(os|posix|nt|subprocess|sys|socket|shutil|runpy|importlib|pickle|marshal|pty|webbrowser|"
-                       r"requests|urllib|httpx|ctypes)(\.|$)|^builtins\.(eval|exec|compile|open|__import__|getattr|"
-                       r"setattr|globals|breakpoint)$")
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential", re.I)
 SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|xox[abpr]-[A-Za-z0-9-]{10,}|"
                           r"-----BEGIN [A-Z ]*PRIVATE KEY-----|sk-[A-Za-z0-9]{32,}|://[^/\s:@]+:[^/\s@]+@")
@@ -166,34 +160,6 @@ def finding(check, status, severity, evidence, mitigation=""):
     return {"check": check, "status": status, "severity": severity, "evidence": evidence, "mitigation": mitigation}
 
 
-def pickle_globals(blob):
-    """Module.name pairs a pickle would import, read from its opcodes without unpickling it."""
-    found, strings = [], []
-    try:
-        for op, arg, _ in pickletools.genops(blob):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(arg)
-            elif op.name == "GLOBAL":
-                found.append(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # truncated or not a pickle after all: report what was read
-        pass
-    return found
-
-
-def scan_file(path):
-    """Dangerous imports inside a pickle or a torch.save zip; [] for pickle-free formats."""
-    raw = Path(path).read_bytes()
-    blobs = []
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            blobs = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
-    elif raw[:1] == b"\x80":  # pickle protocol 2+ header
-        blobs = [raw]
-    return sorted({g for b in blobs for g in pickle_globals(b) if DANGEROUS.search(g)})
-
-
 def is_safetensors(path):
     raw = Path(path).read_bytes()
     n = int.from_bytes(raw[:8], "little")
@@ -241,13 +207,21 @@ def check_formats(paths, model_uri):
 
 
 def check_scan(folder):
-    hits = {str(p): g for p in sorted(Path(folder).rglob("*")) if p.is_file() and (g := scan_file(p))}
-    scanned = sum(1 for p in Path(folder).rglob("*") if p.is_file())
-    if hits:
-        return [finding("pickle-scan", "FAIL", "critical", f"dangerous imports: {hits}",
+    """picklescan over every file under `folder`: pickles (also inside torch.save zips) importing anything
+    that can run code. Its per-file report goes into the evidence."""
+    from picklescan.scanner import scan_file_path
+
+    report, infected = {}, {}
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        r = scan_file_path(str(path))
+        flagged = sorted({f"{g.module}.{g.name}" for g in r.globals if g.safety.value != "innocuous"})
+        report[str(path)] = {"issues": r.issues_count, "flagged_globals": flagged, "scan_error": r.scan_err}
+        if r.issues_count or flagged:
+            infected[str(path)] = flagged
+    if infected:
+        return [finding("pickle-scan", "FAIL", "critical", f"picklescan: {json.dumps(infected)}",
                         "delete these files; never load them")]
-    return [finding("pickle-scan", "PASS", "info", f"{scanned} files under {folder}/: no pickle imports of "
-                    "os/subprocess/builtins.eval... (opcode scan, nothing unpickled)")]
+    return [finding("pickle-scan", "PASS", "info", f"picklescan: {json.dumps(report)}")]
 
 
 def sha256s(paths):
@@ -397,10 +371,11 @@ def main():
         score = declared["pgd"] / max(clean["fp32"][metric], 1e-12)
         deploy_score = declared["pgd_transfer_deployable"] / max(clean["deployable"][metric], 1e-12)
 
+        model_files = [CHECKPOINT, deploy_path]
         artifacts = [CHECKPOINT, *sorted(p for p in DEPLOY_DIR.iterdir() if p.is_file())]
         flat_params = {f"params.{k}": v for k, v in params.flatten(p).items()}
         tags = {f"tag.{k}": v for k, v in mlflow.get_run(run.info.run_id).data.tags.items()} if run else {}
-        security = [*check_formats(artifacts, ref.get("model_uri")), *check_scan(CHECKPOINT.parent),
+        security = [*check_formats(model_files, ref.get("model_uri")), *check_scan(CHECKPOINT.parent),
                     *check_versions(), *check_tracking(uri), *check_secrets({**flat_params, **tags}),
                     *check_input_validation(models.checkpoint_info(CHECKPOINT)["input_shape"])]
         hashes = sha256s(artifacts)
