@@ -10,7 +10,6 @@ the same metrics and files into the pipeline's MLflow run.
 import csv
 import html
 import io
-import json
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from {{ cookiecutter.package_name }} import files, measure, models, params, tracking
 
 CHECKPOINT = Path("models/model.safetensors")
-RUN_FILE = Path("metrics/mlflow.json")
+RUN_FILE = "metrics/mlflow.json"
 METRICS = "metrics/analyze.json"
 REPORT = "reports/analyze.json"
 HTML = "reports/analyze.html"
@@ -91,11 +90,7 @@ def main():
         torch.set_num_threads(ap["threads"])
     model, _ = models.load_checkpoint(CHECKPOINT)
     input_shape = models.checkpoint_info(CHECKPOINT)["input_shape"]
-    ref = json.loads(RUN_FILE.read_text())
-    run = None
-    if ref["enabled"]:
-        tracking.connect(p["mlflow"], tracking.repo_root())
-        run = mlflow.start_run(run_id=ref["run_id"])
+    run = tracking.resume(p["mlflow"], RUN_FILE)
     with tracking.closing(run):
         summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
         metrics = metrics_of(summary, CHECKPOINT.stat().st_size)

@@ -15,7 +15,6 @@ reports/optimize.{json,md}, plots/optimize/pareto.png; logs the same into the pi
 
 import copy
 import gzip
-import json
 import signal
 import statistics
 import sys
@@ -38,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 CHECKPOINT = Path("models/model.safetensors")
 PREPARED = Path("data/prepared")
-RUN_FILE = Path("metrics/mlflow.json")
+RUN_FILE = "metrics/mlflow.json"
 DEPLOY_DIR = "models/deployable"
 METRICS = "metrics/optimize.json"
 REPORT = "reports/optimize.json"
@@ -186,11 +185,7 @@ def main():
     metric = primary_metric(task)
     test_x, test_y = data.load_split(PREPARED / "test.npz")
     train_x, _ = data.load_split(PREPARED / "train.npz")
-    ref = json.loads(RUN_FILE.read_text())
-    run = None
-    if ref["enabled"]:
-        tracking.connect(p["mlflow"], tracking.repo_root())
-        run = mlflow.start_run(run_id=ref["run_id"])
+    run = tracking.resume(p["mlflow"], RUN_FILE)
 
     with tracking.closing(run), tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

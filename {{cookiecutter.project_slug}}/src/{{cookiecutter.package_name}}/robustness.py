@@ -334,12 +334,9 @@ def main():
     g = torch.Generator().manual_seed(p["seed"])
     pick = torch.randperm(len(images), generator=g)[:rp["subset"]]
     x, y = data.to_float(images[pick]), targets[pick]
-    ref = json.loads(RUN_FILE.read_text())
+    ref = json.loads(RUN_FILE.read_text())  # also names the logged model, for the no-pickle check
     uri = tracking.tracking_uri(p["mlflow"]["tracking_uri"], tracking.repo_root())
-    run = None
-    if ref["enabled"]:
-        tracking.connect(p["mlflow"], tracking.repo_root())
-        run = mlflow.start_run(run_id=ref["run_id"])
+    run = tracking.resume(p["mlflow"], RUN_FILE)
     with tracking.closing(run):
         bs, boot, seed = rp["batch_size"], rp["bootstrap_resamples"], p["seed"]
 

@@ -7,6 +7,7 @@ Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themse
 """
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -66,6 +67,15 @@ def set_experiment(cfg, root):
         return exp.experiment_id
     location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
     return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+
+
+def resume(cfg, run_file="metrics/mlflow.json"):
+    """Reopen the pipeline's run, the one train recorded in run_file; None when tracking is off."""
+    ref = json.loads(Path(run_file).read_text())
+    if not ref["enabled"]:
+        return None
+    connect(cfg, repo_root())
+    return mlflow.start_run(run_id=ref["run_id"])
 
 
 @contextlib.contextmanager
