@@ -79,3 +79,14 @@ def test_optimize_stage(trained, runs):
     assert (trained / "plots/optimize/pareto.png").stat().st_size > 0
     (run,) = runs(trained)
     assert run.info.status == "FINISHED" and run.data.tags["deployable_variant"] == chosen
+
+
+def test_missing_onnxruntime_is_reported_not_measured(trained, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    optimize.main()
+    report = json.loads((trained / "reports/optimize.json").read_text())
+    assert set(report["variants"]) == {"fp32", "pruned"}
+    assert "not measured" in report["notes"]["int8_onnxruntime"]
+    assert "not measured" in (trained / "reports/optimize.md").read_text()
