@@ -9,14 +9,20 @@ cd "$PROJECT"
 pip install -q --disable-pip-version-check -e .
 echo "Set-up done in ${SECONDS}s; running the pipeline."
 time dvc repro
-for f in metrics/prepare.json metrics/train.json metrics/analyze.json; do
-  [ -f "$f" ] && python -c 'import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[1]); [print(f"  {k:32} {v:.4g}" if isinstance(v, float) else f"  {k:32} {v}") for k, v in d.items()]' "$f"
-done
+python - <<'PY'
+import json
+train, robust = json.load(open("metrics/train.json")), json.load(open("metrics/robustness.json"))
+print("\ntrain:", ", ".join(f"{k} {v:.4g}" for k, v in train.items()))
+print(open("reports/optimize.md").read())
+print(f"robustness: score {robust['score']:.3f} ({robust['level']}), security findings "
+      f"{robust['security/pass']} pass / {robust['security/warn']} warn / {robust['security/fail']} fail")
+PY
 cat <<MSG
 
 Project:   $PROJECT
 Metrics:   $PROJECT/metrics/*.json   (dvc metrics show)
-Plots:     $PROJECT/plots/train/     (dvc plots show)
-Model:     $PROJECT/models/model.safetensors
+Plots:     $PROJECT/plots/           (dvc plots show)
+Reports:   $PROJECT/reports/         (analyze.html, optimize.md, robustness.html)
+Models:    $PROJECT/models/model.safetensors, $PROJECT/models/deployable/
 MLflow:    cd $PROJECT && $ROOT/.venv/bin/mlflow ui --backend-store-uri sqlite:///$PROJECT/mlflow.db
 MSG
