@@ -12,17 +12,20 @@ time dvc repro
 python - <<'PY'
 import json
 train, robust = json.load(open("metrics/train.json")), json.load(open("metrics/robustness.json"))
+reg = json.load(open("metrics/register.json"))
 print("\ntrain:", ", ".join(f"{k} {v:.4g}" for k, v in train.items()))
 print(open("reports/optimize.md").read())
 print(f"robustness: score {robust['score']:.3f} ({robust['level']}), security findings "
       f"{robust['security/pass']} pass / {robust['security/warn']} warn / {robust['security/fail']} fail")
+print("register:", ", ".join(f"{k} {v}" for k, v in reg.items() if not k.startswith("gate/")))
 PY
 cat <<MSG
 
 Project:   $PROJECT
 Metrics:   $PROJECT/metrics/*.json   (dvc metrics show)
 Plots:     $PROJECT/plots/           (dvc plots show)
-Reports:   $PROJECT/reports/         (analyze.html, optimize.md, robustness.html)
+Reports:   $PROJECT/reports/model.html (everything on one page; also analyze.html, optimize.md, robustness.html)
 Models:    $PROJECT/models/model.safetensors, $PROJECT/models/deployable/
+Registry:  models:/<slug>@champion (mlflow.pyfunc.load_model)
 MLflow:    cd $PROJECT && $ROOT/.venv/bin/mlflow ui --backend-store-uri sqlite:///$PROJECT/mlflow.db
 MSG

@@ -12,11 +12,13 @@ from conftest import BIN, TEMPLATE, bake
 
 # The exact files of a baked project (besides .git/), before conditional ones.
 COMMON = {
-    ".dvcignore", ".gitignore", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml", "data/raw/README.md",
-    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "tracking",
-                                      "prepare", "train", "analyze", "optimize", "robustness")),
+    ".dvcignore", ".gitignore", "MLproject", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
+    "data/raw/README.md",
+    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "report",
+                                      "tracking", "prepare", "train", "analyze", "optimize", "robustness",
+                                      "register", "compare")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
-                                "test_optimize", "test_robustness")),
+                                "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
@@ -76,7 +78,8 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert params["train"]["model"]["architecture"] == ctx.get("architecture", "Unet" if task == "segmentation"
                                                                  else "resnet18")
     assert params["mlflow"]["tracking_uri"] == ctx.get("mlflow_tracking_uri", "sqlite:///mlflow.db")
-    assert list(dvc["stages"]) == ["prepare", "train", "analyze", "optimize", "robustness"]
+    assert list(dvc["stages"]) == ["prepare", "train", "analyze", "optimize", "robustness", "register"]
+    assert params["register"]["model_name"] == project.name
     assert pyproject["project"]["requires-python"] == f">={ctx.get('python_version', '3.11')}"
     assert "torch>=2.10" in pyproject["project"]["dependencies"]
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])

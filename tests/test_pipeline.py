@@ -1,27 +1,50 @@
-"""End to end: bake, `dvc repro` with tiny params, and check DVC, MLflow and the logged model agree."""
+"""End to end: bake, `dvc repro` with tiny params, and check DVC, MLflow, the registry and the report agree."""
 
 import json
+import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import bake, project_env
+
+STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
 
 TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
         "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
         "optimize": {"quantization": {"enabled": True, "calibration_images": 8},
                      "latency": {"batch_size": 2, "warmup": 1, "runs": 5}},
         "robustness": {"subset": 8, "epsilons": [0, 4], "declared_epsilon": 4, "pgd": {"steps": 2, "step_size": 0.5},
-                       "corruptions": ["gaussian_noise", "jpeg"], "severities": [1], "bootstrap_resamples": 50}}
+                       "corruptions": ["gaussian_noise", "jpeg"], "severities": [1], "bootstrap_resamples": 50},
+        # Two epochs on 40 images: quality gates the tiny model can pass; the security gate stays as shipped.
+        "register": {"gates": {"min_quality": 0.0, "max_latency_ms": 10000, "min_robustness_score": 0.0,
+                               "max_quality_drop": 1.0, "block_severity": "high"}}}
 
 
-def sh(project, *cmd):
+def sh(project, *cmd, ok=True):
     result = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert (result.returncode == 0) == ok, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
+
+
+def versions(project):
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    return mlflow.MlflowClient().search_model_versions(f"name='{project.name}'")
+
+
+def raw_image(project, tmp_path):
+    """A test image as a user has it: a PNG file, read back as (1, 3, H, W) float32 pixels in [0, 1]."""
+    images = np.load(project / "data/prepared/test.npz")["images"]  # (N, 3, H, W) uint8
+    Image.fromarray(images[0].transpose(1, 2, 0)).save(tmp_path / "image.png")
+    pixels = np.asarray(Image.open(tmp_path / "image.png").convert("RGB"), dtype=np.float32) / 255
+    return pixels.transpose(2, 0, 1)[None]
 
 
 def runs(project):
@@ -44,7 +67,7 @@ def pipeline(request, tmp_path_factory):
 
 def test_dvc_metrics_written(pipeline):
     task, project, out = pipeline
-    assert all(f"Running stage '{stage}'" in out for stage in ("prepare", "train", "analyze", "optimize", "robustness"))
+    assert all(f"Running stage '{stage}'" in out for stage in STAGES)
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json"))
     files = next(iter(metrics.values()))["data"]
     metric = "dice" if task == "segmentation" else "accuracy"
@@ -56,6 +79,10 @@ def test_dvc_metrics_written(pipeline):
     robust = files["metrics/robustness.json"]["data"]
     assert robust[f"pgd/eps0/{metric}"] == pytest.approx(robust[f"clean/{metric}"])
     assert robust["security/fail"] == 0
+    register = files["metrics/register.json"]["data"]
+    assert register["passed"] == register["registered"] == 1 and register["version"] == 1
+    assert register["champion_version"] == 1 and register["gate/min_quality/value"] == pytest.approx(
+        json.loads((project / "models/deployable/deployable.json").read_text())[metric])
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]
     assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
 
@@ -77,7 +104,8 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
                  for f in client.list_artifacts(run.info.run_id, folder.path)}
     assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "plots/curves.png",
             "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
-            "optimize/optimize.md", "robustness/robustness.html"} <= artifacts
+            "optimize/optimize.md", "robustness/robustness.html", "report/model.html"} <= artifacts
+    assert run.data.tags["registry_version"] == "1" and run.data.tags["registry_decision"] == "registered"
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
 
@@ -93,6 +121,98 @@ def test_logged_model_loads_and_predicts(pipeline):
     assert np.isfinite(y).all()
 
 
+def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp_path, monkeypatch):
+    task, project, _ = pipeline
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    (version,) = versions(project)
+    run_id = json.loads((project / "metrics/mlflow.json").read_text())["run_id"]
+    deployable = "models/deployable/" + json.loads((project / "models/deployable/deployable.json").read_text())["file"]
+    recorded = json.loads((project / "reports/robustness.json").read_text())["sha256"][deployable]
+    assert version.run_id == run_id and version.tags["run_id"] == run_id
+    assert version.tags["artifact_sha256"] == recorded
+    assert {"git_commit", "dvc_exp_name", "data_sha256", "previous_champion", "promoted_at"} <= set(version.tags)
+    model = mlflow.pyfunc.load_model(f"models:/{project.name}@champion")
+    out = model.predict(raw_image(project, tmp_path))
+    logits = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out)
+    assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
+
+
+def test_champion_answers_over_rest(pipeline, tmp_path):
+    task, project, _ = pipeline
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = project_env(project, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db",
+                      MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{project.name}@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow models serve did not start"
+                time.sleep(0.5)
+        body = json.dumps({"inputs": raw_image(project, tmp_path).tolist()}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(30)
+    logits = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
+    assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3))
+
+
+def test_model_report_renders_with_its_images(pipeline, tmp_path):
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
+    _, project, _ = pipeline
+    page = (project / "reports/model.html").read_text()
+    assert "src=\"data:image/png;base64," in page and "http" not in page.split("<body>")[1]  # self-contained
+    # The report has no script of its own: the test adds one that reports, through the title, whether each
+    # image decoded, and reads the DOM Chromium ends with.
+    probe = "<script>document.title = [...document.images].map(i => i.complete && i.naturalWidth > 0).join()</script>"
+    (tmp_path / "report.html").write_text(page.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", (tmp_path / "report.html").as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    loaded = dom.split("<title>")[1].split("</title>")[0].split(",")
+    assert len(loaded) == 5 and all(x == "true" for x in loaded), loaded  # curves, predictions, pareto, robustness x2
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1200,3000", f"--screenshot={shot}",
+                    (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000  # a rendered page with plots, not a blank one
+
+
+def test_register_again_reuses_the_version(pipeline):
+    _, project, _ = pipeline
+    package = project.name.replace("-", "_")
+    out = sh(project, "python", "-m", f"{package}.register")
+    assert "already registered" in out and len(versions(project)) == 1
+
+
+def test_tampered_artifact_is_not_registered(pipeline):
+    _, project, _ = pipeline
+    package = project.name.replace("-", "_")
+    report = project / "reports/robustness.json"
+    original = report.read_text()
+    data = json.loads(original)
+    data["sha256"] = {k: "0" * 64 for k in data["sha256"]}
+    report.write_text(json.dumps(data))
+    try:
+        out = sh(project, "python", "-m", f"{package}.register", ok=False)
+    finally:
+        report.write_text(original)
+    assert "IntegrityError" in out and "sha256" in out and len(versions(project)) == 1
+
+
 def test_second_repro_runs_nothing(pipeline):
     _, project, _ = pipeline
     out = sh(project, "dvc", "repro")
@@ -100,13 +220,20 @@ def test_second_repro_runs_nothing(pipeline):
     assert "up to date" in sh(project, "dvc", "status")
 
 
-def test_exp_run_records_the_new_lr(pipeline):
+def test_mlflow_project_experiment_is_one_run(pipeline):
+    # `mlflow run -e experiment` = `dvc exp run -S lr=... -S train.epochs=...`: the run MLflow Projects opens is
+    # the one train logs into and the later stages follow, registration included.
     _, project, _ = pipeline
-    sh(project, "dvc", "exp", "run", "-S", "lr=0.0123")
+    sh(project, "mlflow", "run", ".", "-e", "experiment", "-P", "lr=0.0123", "-P", "epochs=2", "--env-manager",
+       "local", "--experiment-name", project.name)
     run = runs(project)[-1]
-    assert run.data.params["lr"] == "0.0123" and run.info.status == "FINISHED"
-    assert run.data.tags.get("dvc_exp_name")
+    assert run.data.tags["mlflow.project.entryPoint"] == "experiment" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.0123" and run.data.tags.get("dvc_exp_name")
+    assert json.loads((project / "metrics/mlflow.json").read_text())["run_id"] == run.info.run_id
+    assert "robustness/score" in run.data.metrics and run.data.tags["registry_version"] == "2"
     assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.0123
+    (v2,) = [v for v in versions(project) if v.version == 2]
+    assert v2.tags["dvc_exp_name"] == run.data.tags["dvc_exp_name"] and v2.tags["previous_champion"] == "1"
 
 
 def test_temp_experiment_lands_in_the_project_store(pipeline):
@@ -119,3 +246,17 @@ def test_temp_experiment_lands_in_the_project_store(pipeline):
     client = mlflow.MlflowClient()
     assert client.list_artifacts(run.info.run_id, "checkpoint")
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+
+
+def test_failing_gate_registers_nothing_and_fails_only_when_asked(pipeline):
+    # Only register's params change, so only register reruns.
+    _, project, _ = pipeline
+    before = len(versions(project))
+    out = sh(project, "dvc", "exp", "run", "-S", "register.gates.min_quality=2")
+    assert "Running stage 'register'" in out and "Running stage 'train'" not in out
+    assert "not registered: gates failed: min_quality" in out
+    decision = json.loads((project / "metrics/register.json").read_text())
+    assert decision["passed"] == decision["registered"] == 0 and decision["gate/min_quality/passed"] == 0
+    out = sh(project, "dvc", "exp", "run", "-S", "register.fail_on_gate=true", ok=False)
+    assert "register.fail_on_gate is true" in out
+    assert len(versions(project)) == before

@@ -8,7 +8,6 @@ the same metrics and files into the pipeline's MLflow run.
 """
 
 import csv
-import html
 import io
 import signal
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from {{ cookiecutter.package_name }} import files, measure, models, params, tracking
+from {{ cookiecutter.package_name }} import files, measure, models, params, report, tracking
 
 CHECKPOINT = Path("models/model.safetensors")
 RUN_FILE = "metrics/mlflow.json"
@@ -25,8 +24,6 @@ METRICS = "metrics/analyze.json"
 REPORT = "reports/analyze.json"
 HTML = "reports/analyze.html"
 LAYERS = "reports/analyze_layers.csv"
-CSS = ("body { font-family: sans-serif; margin: 2em } table { border-collapse: collapse; margin-bottom: 2em } "
-       "td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left } th { background: #f4f4f4 }")
 
 
 def analyze(model, input_shape, batch_size, warmup, runs):
@@ -64,22 +61,11 @@ def metrics_of(summary, file_bytes):
 
 
 def render_html(summary, metrics, rows):
-    def table(pairs):
-        return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
-
-    layer_rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in ("name", "type", "params", "output_shape",
-                                                                          "flops")) + "</tr>" for r in rows)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Model analysis: {html.escape(summary['family'])}</title>
-<style>{CSS}</style></head><body>
-<h1>Model analysis: {html.escape(summary['family'])}</h1>
-<h2>Summary</h2><table>{table((k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items())}</table>
-<h2>Protocol</h2><table>{table(summary['protocol'].items())}</table>
-<h2>Layers ({len(rows)} leaf modules)</h2>
-<table><tr><th>name</th><th>type</th><th>params</th><th>output shape</th><th>FLOPs</th></tr>{layer_rows}</table>
-</body></html>
-"""
+    return report.page(f"Model analysis: {summary['family']}", (
+        f"<h2>Summary</h2>{report.pairs_table(metrics.items())}"
+        f"<h2>Protocol</h2>{report.pairs_table(summary['protocol'].items())}"
+        f"<h2>Layers ({len(rows)} leaf modules)</h2>"
+        f"{report.rows_table(rows, ['name', 'type', 'params', 'output_shape', 'flops'])}"))
 
 
 def main():
@@ -90,8 +76,7 @@ def main():
         torch.set_num_threads(ap["threads"])
     model, _ = models.load_checkpoint(CHECKPOINT)
     input_shape = models.checkpoint_info(CHECKPOINT)["input_shape"]
-    run = tracking.resume(p["mlflow"], RUN_FILE)
-    with tracking.closing(run):
+    with tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run:
         summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
         metrics = metrics_of(summary, CHECKPOINT.stat().st_size)
         files.write_json(REPORT, {"summary": summary, "metrics": metrics, "layers": rows})

@@ -1,6 +1,8 @@
-"""Outputs appear whole or not at all: write to a temporary sibling, then rename into place."""
+"""Files: outputs appear whole or not at all (written to a temporary sibling, then renamed into place), and
+their sha256, which later stages check before trusting a file."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,3 +36,12 @@ def atomic_path(path, directory=False):
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256(path):
+    """Hex digest of a file, read in 1 MiB blocks (model files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            h.update(block)
+    return h.hexdigest()

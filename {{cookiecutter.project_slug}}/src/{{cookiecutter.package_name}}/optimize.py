@@ -185,9 +185,9 @@ def main():
     metric = primary_metric(task)
     test_x, test_y = data.load_split(PREPARED / "test.npz")
     train_x, _ = data.load_split(PREPARED / "train.npz")
-    run = tracking.resume(p["mlflow"], RUN_FILE)
 
-    with tracking.closing(run), tempfile.TemporaryDirectory() as tmp:
+    with (tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run,
+          tempfile.TemporaryDirectory() as tmp):
         tmp = Path(tmp)
         fns, sizes, artifacts, notes = {}, {}, {}, {}
 

@@ -1,64 +1,181 @@
-"""Read params.yaml once and check what the stages rely on, with errors that name the key and the fix."""
+"""Read params.yaml once and check all of it against a schema before any work starts.
 
+Every problem is reported at once, each naming the key and the fix; an unknown or misspelt key is an error
+with a did-you-mean (DVC's `-S` would otherwise let a typo such as `train.epoch=30` pass unnoticed).
+
+    >>> validate({"seed": 1.5}, {"seed": integer()})
+    ["seed=1.5: must be an integer"]
+"""
+
+import difflib
 from pathlib import Path
 
 import yaml
 
 TASKS = ("segmentation", "classification")
+SEVERITIES = ("low", "medium", "high", "critical")
+PROMOTE = ("if_better", "always", "never")
+CORRUPTIONS = ("gaussian_noise", "blur", "brightness", "contrast", "jpeg")
 
 
 class ParamsError(ValueError):
     pass
 
 
-def _check(cond, key, value, rule):
-    if not cond:
-        raise ParamsError(f"params.yaml: {key}={value!r}: {rule}")
+# --- value rules: each returns None when the value is fine, else what it must be ---------------------------
+
+def integer(lo=None):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+            return "must be an integer" + (f" >= {lo}" if lo is not None else "")
+    return check
+
+
+def number(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(v):
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
+        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
+        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            lower = f"{'(' if lo_open else '['}{lo}" if lo is not None else "(-inf"
+            upper = f"{hi}{')' if hi_open else ']'}" if hi is not None else "inf)"
+            return f"must be a number in {lower}, {upper}"
+    return check
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        return "must be true or false"
+
+
+def string(v):
+    if not isinstance(v, str) or not v.strip():
+        return "must be a non-empty string"
+
+
+def choice(*values):
+    def check(v):
+        if v not in values:
+            return f"must be one of {', '.join(map(str, values))}"
+    return check
+
+
+def model_name(v):
+    if string(v) or any(c in v for c in "/:@"):
+        return "must be a non-empty name without / : @ (models:/<name>@<alias> URIs use them)"
+
+
+def nullable(rule):
+    def check(v):
+        if v is not None and (problem := rule(v)):
+            return f"{problem}, or null"
+    return check
+
+
+def list_of(rule):
+    def check(v):
+        if not isinstance(v, list) or not v:
+            return "must be a non-empty list"
+        for x in v:
+            if problem := rule(x):
+                return f"item {x!r} {problem}"
+    return check
+
+
+# Keys ending in "?" may be left out.
+SCHEMA = {
+    "seed": integer(0),
+    "lr": number(0, lo_open=True),
+    "prepare": {
+        "task": choice(*TASKS), "source": choice("synthetic", "folder"), "raw_dir": string,
+        "image_size": integer(16), "num_classes": integer(2), "synthetic_images": integer(10),
+        "val_fraction": number(0, 0.5, lo_open=True, hi_open=True),
+        "test_fraction": number(0, 0.5, lo_open=True, hi_open=True),
+    },
+    "train": {
+        "model": {"architecture": string, "encoder": nullable(string), "pretrained": boolean},
+        "epochs": integer(1), "batch_size": integer(1),
+        "loss": choice("ce", "dice", "bce", "focal", "dice_bce"), "label_smoothing?": number(0, 1, hi_open=True),
+        "optimizer": {"name": choice("adamw", "adam", "sgd"), "weight_decay": number(0), "momentum?": number(0, 1)},
+        "scheduler": choice("cosine", "plateau", "step", "none"), "early_stopping_patience": integer(0),
+        "grad_clip_norm": nullable(number(0, lo_open=True)), "amp": boolean, "device": string,
+        "num_workers": integer(0),
+        "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1)},
+    },
+    "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1), "threads": nullable(integer(1))},
+    "optimize": {
+        "quantization": {"enabled": boolean, "calibration_images": integer(1)},
+        "pruning": {"enabled": boolean, "amount": number(0, 1, hi_open=True)},
+        "latency": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1)},
+        "select": {"min_quality_ratio": number(0, 1, lo_open=True)},
+    },
+    "robustness": {
+        "subset": integer(1), "batch_size": integer(1), "epsilons": list_of(number(0)), "declared_epsilon": number(0),
+        "pgd": {"steps": integer(1), "step_size": number(0, 1, lo_open=True)},
+        "corruptions": list_of(choice(*CORRUPTIONS)), "severities": list_of(choice(1, 2, 3)),
+        "bootstrap_resamples": integer(10), "levels": {"high": number(0, 1), "medium": number(0, 1)},
+    },
+    "register": {
+        "model_name": model_name,
+        "gates": {"min_quality": number(), "max_latency_ms": number(), "min_robustness_score": number(),
+                  "max_quality_drop": number(), "block_severity": nullable(choice(*SEVERITIES))},
+        "promote": choice(*PROMOTE), "fail_on_gate": boolean,
+    },
+    "mlflow": {"enabled": boolean, "tracking_uri": string, "experiment": string, "run_name": nullable(string)},
+}
+
+
+def validate(p, schema=SCHEMA, prefix=""):
+    """Every problem in `p` against `schema`, as 'key=value: rule' lines (empty: valid)."""
+    if not isinstance(p, dict):
+        return [f"{prefix.rstrip('.') or 'params.yaml'}: must be a mapping of keys, not {p!r}"]
+    errors = []
+    known = {k.rstrip("?"): k for k in schema}
+    for key in p:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys here: {', '.join(known)}"
+            errors.append(f"{prefix}{key}: unknown key; {hint}")
+    for key, spec in known.items():
+        rule = schema[spec]
+        if key not in p:
+            if not spec.endswith("?"):
+                errors.append(f"{prefix}{key}: missing; add it back (see the template's params.yaml)")
+        elif isinstance(rule, dict):
+            errors += validate(p[key], rule, f"{prefix}{key}.")
+        elif problem := rule(p[key]):
+            errors.append(f"{prefix}{key}={p[key]!r}: {problem}")
+    return errors
+
+
+def cross_checks(p):
+    """Rules that tie keys together (only run on a schema-valid file)."""
+    errors = []
+    rp = p["robustness"]
+    if rp["declared_epsilon"] not in rp["epsilons"]:
+        errors.append(f"robustness.declared_epsilon={rp['declared_epsilon']!r}: must be one of robustness.epsilons "
+                      f"{rp['epsilons']}")
+    if rp["levels"]["medium"] > rp["levels"]["high"]:
+        errors.append(f"robustness.levels={rp['levels']}: need medium <= high")
+    if p["prepare"]["task"] == "classification" and p["train"]["loss"] != "ce":
+        errors.append(f"train.loss={p['train']['loss']!r}: classification supports 'ce' only")
+    if p["prepare"]["task"] == "segmentation" and p["train"]["loss"] == "ce":
+        errors.append("train.loss='ce': segmentation losses are dice, bce, focal, dice_bce")
+    return errors
 
 
 def load(path="params.yaml"):
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run the stage from the project root (where dvc.yaml is)")
-    p = yaml.safe_load(path.read_text()) or {}
-    for section in ("seed", "lr", "prepare", "train", "analyze", "optimize", "robustness", "mlflow"):
-        _check(section in p, section, None, "missing; restore it from the template's params.yaml")
-    _check(isinstance(p["seed"], int), "seed", p["seed"], "must be an integer")
-    _check(isinstance(p["lr"], (int, float)) and p["lr"] > 0, "lr", p["lr"], "must be a positive number")
-    pr, tr = p["prepare"], p["train"]
-    _check(pr.get("task") in TASKS, "prepare.task", pr.get("task"), f"must be one of {', '.join(TASKS)}")
-    _check(pr.get("source") in ("synthetic", "folder"), "prepare.source", pr.get("source"),
-           "must be 'synthetic' or 'folder' (images under prepare.raw_dir)")
-    _check(isinstance(pr.get("image_size"), int) and pr["image_size"] >= 16, "prepare.image_size",
-           pr.get("image_size"), "must be an integer >= 16 (a multiple of 32 suits every architecture)")
-    _check(isinstance(pr.get("num_classes"), int) and pr["num_classes"] >= 2, "prepare.num_classes",
-           pr.get("num_classes"), "must be an integer >= 2 (2 = binary segmentation)")
-    for key in ("val_fraction", "test_fraction"):
-        _check(isinstance(pr.get(key), (int, float)) and 0 < pr[key] < 0.5, f"prepare.{key}", pr.get(key),
-               "must be a number in (0, 0.5)")
-    for key in ("epochs", "batch_size"):
-        _check(isinstance(tr.get(key), int) and tr[key] >= 1, f"train.{key}", tr.get(key),
-               "must be an integer >= 1")
-    for key in ("batch_size", "runs"):
-        _check(isinstance(p["analyze"].get(key), int) and p["analyze"][key] >= 1, f"analyze.{key}",
-               p["analyze"].get(key), "must be an integer >= 1")
-    _check(isinstance(p["analyze"].get("warmup"), int) and p["analyze"]["warmup"] >= 0, "analyze.warmup",
-           p["analyze"].get("warmup"), "must be an integer >= 0")
-    op = p["optimize"]
-    _check(0 <= op["pruning"].get("amount", -1) < 1, "optimize.pruning.amount", op["pruning"].get("amount"),
-           "must be a fraction in [0, 1)")
-    _check(0 < op["select"].get("min_quality_ratio", 0) <= 1, "optimize.select.min_quality_ratio",
-           op["select"].get("min_quality_ratio"), "must be in (0, 1]; 0.99 is MLPerf's closed-division rule")
-    for key in ("batch_size", "runs"):
-        _check(isinstance(op["latency"].get(key), int) and op["latency"][key] >= 1, f"optimize.latency.{key}",
-               op["latency"].get(key), "must be an integer >= 1")
-    rp = p["robustness"]
-    _check(rp.get("declared_epsilon") in rp.get("epsilons", []), "robustness.declared_epsilon",
-           rp.get("declared_epsilon"), f"must be one of robustness.epsilons {rp.get('epsilons')}")
-    _check(set(rp.get("severities", [])) <= {1, 2, 3} and rp.get("severities"), "robustness.severities",
-           rp.get("severities"), "must be a non-empty list from 1, 2, 3")
-    _check(0 <= rp["levels"].get("medium", -1) <= rp["levels"].get("high", -1) <= 1, "robustness.levels",
-           rp["levels"], "need 0 <= medium <= high <= 1")
+    try:
+        p = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e}); fix the line it names") from None
+    errors = validate(p)
+    errors = errors or cross_checks(p)
+    if errors:
+        raise ParamsError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
     return p
 
 

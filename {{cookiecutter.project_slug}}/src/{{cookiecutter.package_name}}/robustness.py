@@ -13,7 +13,6 @@ plots/robustness/{curve.json,curve.png}; logs the same into the pipeline's MLflo
 """
 
 import functools
-import hashlib
 import html
 import io
 import json
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
-from {{ cookiecutter.package_name }} import data, files, models, params, tracking
+from {{ cookiecutter.package_name }} import data, files, models, params, report, tracking
 from {{ cookiecutter.package_name }}.optimize import ort_session
 from {{ cookiecutter.package_name }}.train import batch_stats, primary_metric, scores
 
@@ -49,7 +48,6 @@ REPORT = "reports/robustness.json"
 HTML = "reports/robustness.html"
 CURVE = "plots/robustness/curve.json"
 CURVE_PNG = "plots/robustness/curve.png"
-CSS = "body { font-family: sans-serif; margin: 2em } td, th { border: 1px solid #ccc; padding: 3px 8px }"
 
 # Installed versions below these floors are vulnerable (the CVEs named); read from the environment.
 CVE_FLOORS = {
@@ -211,21 +209,17 @@ def check_scan(folder):
     that can run code. Its per-file report goes into the evidence."""
     from picklescan.scanner import scan_file_path
 
-    report, infected = {}, {}
+    scans, infected = {}, {}
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         r = scan_file_path(str(path))
         flagged = sorted({f"{g.module}.{g.name}" for g in r.globals if g.safety.value != "innocuous"})
-        report[str(path)] = {"issues": r.issues_count, "flagged_globals": flagged, "scan_error": r.scan_err}
+        scans[str(path)] = {"issues": r.issues_count, "flagged_globals": flagged, "scan_error": r.scan_err}
         if r.issues_count or flagged:
             infected[str(path)] = flagged
     if infected:
         return [finding("pickle-scan", "FAIL", "critical", f"picklescan: {json.dumps(infected)}",
                         "delete these files; never load them")]
-    return [finding("pickle-scan", "PASS", "info", f"picklescan: {json.dumps(report)}")]
-
-
-def sha256s(paths):
-    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    return [finding("pickle-scan", "PASS", "info", f"picklescan: {json.dumps(scans)}")]
 
 
 def version_tuple(v):
@@ -296,25 +290,16 @@ def plot_curve(rows, metric, path):
     plt.close(fig)
 
 
-def render_html(report):
-    def table(rows):
-        if not rows:
-            return ""
-        keys = list(rows[0])
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{r[k]:.4f}' if isinstance(r[k], float) else str(r[k]))}"
-                                        f"</td>" for k in keys) + "</tr>" for r in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    s = report["summary"]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Robustness</title><style>{CSS}</style>"
-            f"</head><body>"
-            f"<h1>Robustness and security</h1><p>score {s['score']:.3f} ({html.escape(s['level'])}) = "
-            f"PGD {html.escape(s['metric'])} at epsilon {s['declared_epsilon']}/255 / clean; deployable "
-            f"({html.escape(s['deployable'])}) transfer score {s['deployable_score']:.3f}</p>"
-            f"<h2>Adversarial</h2>{table(report['adversarial'])}<h2>Corruptions</h2>{table(report['corruptions'])}"
-            f"<h2>Security findings</h2>{table(report['security'])}<p>{html.escape(str(report['security_summary']))}"
-            f"</p></body></html>")
+def render_html(rep):
+    s = rep["summary"]
+    return report.page("Robustness and security", (
+        f"<p>score {s['score']:.3f} ({html.escape(s['level'])}) = PGD {html.escape(s['metric'])} at epsilon "
+        f"{s['declared_epsilon']}/255 / clean; deployable ({html.escape(s['deployable'])}) transfer score "
+        f"{s['deployable_score']:.3f}</p>"
+        f"<h2>Adversarial</h2>{report.rows_table(rep['adversarial'])}"
+        f"<h2>Corruptions</h2>{report.rows_table(rep['corruptions'])}"
+        f"<h2>Security findings</h2>{report.rows_table(rep['security'])}"
+        f"<p>{html.escape(str(rep['security_summary']))}</p>"))
 
 
 def main():
@@ -336,8 +321,7 @@ def main():
     x, y = data.to_float(images[pick]), targets[pick]
     ref = json.loads(RUN_FILE.read_text())  # also names the logged model, for the no-pickle check
     uri = tracking.tracking_uri(p["mlflow"]["tracking_uri"], tracking.repo_root())
-    run = tracking.resume(p["mlflow"], RUN_FILE)
-    with tracking.closing(run):
+    with tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run:
         bs, boot, seed = rp["batch_size"], rp["bootstrap_resamples"], p["seed"]
 
         def ev(fn, inputs):
@@ -375,12 +359,12 @@ def main():
         security = [*check_formats(model_files, ref.get("model_uri")), *check_scan(CHECKPOINT.parent),
                     *check_versions(), *check_tracking(uri), *check_secrets({**flat_params, **tags}),
                     *check_input_validation(models.checkpoint_info(CHECKPOINT)["input_shape"])]
-        hashes = sha256s(artifacts)
+        hashes = {str(a): files.sha256(a) for a in artifacts}
         security.append(finding("sha256", "PASS", "info", json.dumps(hashes)))
         summary_counts = {f"{status.lower()}": sum(f["status"] == status for f in security)
                           for status in ("PASS", "WARN", "FAIL")}
         summary_counts.update({f"severity_{sev}": sum(f["severity"] == sev and f["status"] != "PASS" for f in security)
-                               for sev in ("low", "medium", "high", "critical")})
+                               for sev in params.SEVERITIES})
 
         metrics = {f"clean/{metric}": clean["fp32"][metric], f"deployable/clean/{metric}": clean["deployable"][metric],
                    "score": score, "deployable/score": deploy_score, "level": level_of(score, rp["levels"]),
@@ -389,16 +373,16 @@ def main():
             metrics.update({f"{a}/eps{r['epsilon']}/{metric}": v for a, v in r.items() if a != "epsilon"})
         for r in corruptions:
             metrics[f"{r['model']}/{r['corruption']}/s{r['severity']}/{metric}"] = r[metric]
-        report = {"summary": {"metric": metric, "declared_epsilon": rp["declared_epsilon"], "score": score,
+        rep = {"summary": {"metric": metric, "declared_epsilon": rp["declared_epsilon"], "score": score,
                               "level": metrics["level"], "deployable": deploy["variant"],
                               "deployable_score": deploy_score,
                               "subset": len(x), "pgd": rp["pgd"], "bootstrap_resamples": boot},
                   "clean": clean, "adversarial": adversarial, "corruptions": corruptions, "security": security,
                   "security_summary": summary_counts, "sha256": hashes}
 
-        files.write_json(REPORT, report)
+        files.write_json(REPORT, rep)
         with files.atomic_path(HTML) as t:
-            t.write_text(render_html(report))
+            t.write_text(render_html(rep))
         files.write_json(CURVE, curve)
         with files.atomic_path(CURVE_PNG) as t:
             plot_curve(curve, metric, t)

@@ -79,21 +79,23 @@ def resume(cfg, run_file="metrics/mlflow.json"):
 
 
 @contextlib.contextmanager
-def closing(run):
-    """End `run` FINISHED, FAILED, or KILLED (Ctrl-C; SIGTERM once routed to KeyboardInterrupt), never RUNNING.
-    mlflow.start_run's own context manager calls an interrupt FAILED. `run` may be None (tracking off)."""
-    if run is None:
-        yield
-        return
+def closing(start):
+    """Yield start() (an MLflow run, or None with tracking off) and end the active run FINISHED, FAILED, or
+    KILLED (Ctrl-C; SIGTERM once routed to KeyboardInterrupt), never RUNNING. The run is opened inside, so
+    a signal that lands while it opens is caught too: MLflow's own exit hook would mark it FINISHED, and
+    mlflow.start_run's context manager calls an interrupt FAILED."""
     try:
-        yield
+        yield start()
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        if mlflow.active_run():
+            mlflow.end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        if mlflow.active_run():
+            mlflow.end_run("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    if mlflow.active_run():
+        mlflow.end_run("FINISHED")
 
 
 def run_name(architecture, encoder, pretrained, now=None):

@@ -274,8 +274,9 @@ def main():
     optimizer = make_optimizer(model, tp["optimizer"], p["lr"])
     scheduler = make_scheduler(optimizer, tp["scheduler"], tp["epochs"])
 
-    run = None
-    if mp["enabled"]:
+    def start():  # inside closing(): a signal arriving as the run opens still ends it KILLED
+        if not mp["enabled"]:
+            return None
         experiment_id = tracking.set_experiment(mp, tracking.repo_root())
         name = mp["run_name"] or tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                    tp["model"]["pretrained"])
@@ -283,9 +284,11 @@ def main():
                 "pretrained": str(tp["model"]["pretrained"]).lower(),
                 "augmentation": "on" if any(tp["augment"].values()) else "off", "loss": tp["loss"],
                 "data_source": info["source"], "data_sha256": info["sha256"], **tracking.context_tags()}
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
-        print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {mlflow.get_tracking_uri()}")
-    with tracking.closing(run):
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+        print(f"train: MLflow run {started.info.run_name} ({started.info.run_id}) in {mlflow.get_tracking_uri()}")
+        return started
+
+    with tracking.closing(start) as run:
         if run:
             mlflow.log_params(params.flatten(p))
             prepared = json.loads(Path("metrics/prepare.json").read_text())

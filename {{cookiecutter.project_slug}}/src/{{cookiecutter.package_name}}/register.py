@@ -1,0 +1,234 @@
+"""register: gate the deployable model on params' thresholds, register it with aliases, write the model report.
+
+    python -m {{ cookiecutter.package_name }}.register    # or: dvc repro register
+
+Gates are read from the upstream metrics (nothing is re-measured here): the deployable's test quality and
+batch-1 latency, the robustness score, the quality the optimised variant gave up against fp32, and security
+findings at or above a severity. When every gate passes, the deployable file's sha256 is checked against the
+one robustness recorded, the file is logged as an MLflow model (ONNX or PyTorch, both pickle-free) and
+registered as a new version with alias `challenger`; `champion` moves to it when `register.promote` says
+so. Each version is tagged with its run, git commit, DVC experiment, data hash, artifact hash and the
+champion it was measured against. Registering the same run and file again reuses its version.
+
+Reads params `register`, `mlflow` and the outputs of every earlier stage. Writes metrics/register.json and
+reports/model.html (one self-contained page: curves, predictions, analysis, optimisation, robustness,
+security, gates, registry outcome), and logs both into the pipeline's MLflow run.
+"""
+
+import html
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+
+from {{ cookiecutter.package_name }} import data, files, models, params, report, tracking
+from {{ cookiecutter.package_name }}.train import primary_metric
+
+DEPLOY_DIR = Path("models/deployable")
+PREPARED = Path("data/prepared")
+RUN_FILE = Path("metrics/mlflow.json")
+METRICS = "metrics/register.json"
+HTML = "reports/model.html"
+
+
+class IntegrityError(RuntimeError):
+    pass
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+# --- gates --------------------------------------------------------------------------------------------------
+
+def gate_values(metric, deployable, optimize_metrics, robustness_metrics, block_severity):
+    """What each gate looks at, from the upstream files. block_severity None: no security gate."""
+    values = {"min_quality": deployable[metric], "max_latency_ms": deployable["p50_ms_batch_1"],
+              "min_robustness_score": robustness_metrics["score"],
+              "max_quality_drop": -optimize_metrics[f"deployable/{metric}_change"]}
+    if block_severity is not None:
+        blocking = params.SEVERITIES[params.SEVERITIES.index(block_severity):]
+        values["max_blocking_findings"] = sum(robustness_metrics[f"security/severity_{s}"] for s in blocking)
+    return values
+
+
+def evaluate_gates(values, thresholds):
+    """[{gate, value, threshold, passed}]: `min_*` gates need value >= threshold, `max_*` value <= threshold."""
+    out = []
+    for gate, value in values.items():
+        limit = thresholds[gate]
+        passed = value >= limit if gate.startswith("min_") else value <= limit
+        out.append({"gate": gate, "value": value, "threshold": limit, "passed": bool(passed)})
+    return out
+
+
+def should_promote(policy, quality, champion_quality):
+    """champion_quality None: no champion yet. A champion without a recorded quality is never 'beaten'."""
+    if policy == "never":
+        return False
+    if policy == "always" or champion_quality is None:
+        return True
+    return not math.isnan(champion_quality) and quality > champion_quality
+
+
+# --- registry -----------------------------------------------------------------------------------------------
+
+def log_deployable(deploy_path, runtime, example):
+    """Log the deployable file as an MLflow model in the active run; returns its model URI."""
+    if runtime == "onnxruntime":
+        import mlflow.onnx
+        import onnx
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(deploy_path), providers=["CPUExecutionProvider"])
+        output = session.run(None, {session.get_inputs()[0].name: example})[0]
+        return mlflow.onnx.log_model(
+            onnx.load(str(deploy_path)), name="deployable", input_example=example,
+            signature=mlflow.models.infer_signature(example, output), save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],  # int8 QDQ is a CPU deployable
+            pip_requirements=mlflow.onnx.get_default_pip_requirements()).model_uri
+    model, _ = models.load_checkpoint(deploy_path)
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example)).numpy()
+    # pt2 (torch.export), MLflow's default: no pickle. Batch 2, as a batch of 1 would fix the batch size.
+    return mlflow.pytorch.log_model(
+        model, name="deployable", input_example=example, signature=mlflow.models.infer_signature(example, output),
+        pip_requirements=mlflow.pytorch.get_default_pip_requirements()).model_uri
+
+
+def champion(client, name):
+    """(version, quality) of the model's champion, or (None, None)."""
+    try:
+        v = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None, None
+    return int(v.version), float(v.tags.get("quality", "nan"))
+
+
+def register(client, name, run_id, sha, tags, log_model, policy, quality):
+    """Create (or find, for the same run and file) the version; set challenger and maybe champion.
+    Returns the registry outcome as a dict."""
+    previous, previous_quality = champion(client, name)
+    existing = [v for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                if v.tags.get("artifact_sha256") == sha]
+    if existing:
+        version, created = int(existing[0].version), False
+    else:
+        tags = {**tags, "previous_champion": str(previous or "none")}
+        version, created = int(mlflow.register_model(log_model(), name, tags=tags).version), True
+    client.set_registered_model_alias(name, "challenger", version)
+    promoted = previous != version and should_promote(policy, quality, previous_quality)
+    if promoted:
+        client.set_registered_model_alias(name, "champion", version)
+        client.set_model_version_tag(name, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        client.set_model_version_tag(name, version, "promoted_over", str(previous or "none"))
+    return {"model": name, "version": version, "created": created, "promoted": promoted,
+            "champion_version": champion(client, name)[0], "previous_champion": previous,
+            "previous_champion_quality": previous_quality, "policy": policy}
+
+
+# --- the model report ---------------------------------------------------------------------------------------
+
+def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustness_r):
+    metric = robustness_r["summary"]["metric"]
+    variants = [{"variant": n, "size MB": v["size_mb"], "gzip MB": v["gzip_mb"], "size change": v["size_change"],
+                 "b1 p50 ms": v["latency_batch_1"]["p50_ms"], "b1 speedup": v["latency_batch_1"]["speedup"],
+                 "bN p50 ms": v["latency_batch_n"]["p50_ms"], "bN speedup": v["latency_batch_n"]["speedup"],
+                 metric: v[metric], "change": v[f"{metric}_change"], "agreement": v["agreement"]}
+                for n, v in optimize_r["variants"].items()]
+    s = robustness_r["summary"]
+    verdict = "passed" if all(g["passed"] for g in gates) else "failed"
+    return report.page(title, (
+        f"<h2>Gates: <span class='{verdict[:4]}'>{verdict}</span></h2>{report.rows_table(gates)}"
+        f"<h2>Registry</h2>{report.pairs_table(outcome.items())}"
+        f"<h2>Training</h2>{report.pairs_table(train_m.items())}"
+        f"{report.image('plots/train/curves.png', 'training curves')}"
+        f"<h3>Sample test predictions</h3>{report.image('plots/train/predictions.png', 'predictions')}"
+        f"<h2>Analysis</h2>{report.pairs_table(analyze_m.items())}"
+        f"<h2>Optimisation (deployable: {html.escape(optimize_r['deployable'])})</h2>{report.rows_table(variants)}"
+        f"{report.image('plots/optimize/pareto.png', 'latency vs quality')}"
+        f"<h2>Robustness: score {s['score']:.3f} ({html.escape(s['level'])})</h2>"
+        f"{report.image('plots/robustness/curve.png', 'robustness curve')}"
+        f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"))
+
+
+# --- the stage ----------------------------------------------------------------------------------------------
+
+def main():
+    """Returns True when the gates passed (the exit code is decided by register.fail_on_gate)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
+    p = params.load()
+    rg = p["register"]
+    deploy = read_json(DEPLOY_DIR / "deployable.json")
+    deploy_path = DEPLOY_DIR / deploy["file"]
+    metric = primary_metric(deploy["model_args"]["task"])
+    robustness_r = read_json("reports/robustness.json")
+    values = gate_values(metric, deploy, read_json("metrics/optimize.json"), read_json("metrics/robustness.json"),
+                         rg["gates"]["block_severity"])
+    # Security: zero findings at or above block_severity are allowed.
+    gates = evaluate_gates(values, {**rg["gates"], "max_blocking_findings": 0})
+    passed = all(g["passed"] for g in gates)
+
+    with tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run:
+        if not passed:
+            failed = ", ".join(f"{g['gate']} ({g['value']:.4g} vs {g['threshold']})" for g in gates if not g["passed"])
+            outcome = {"registered": False, "reason": f"gates failed: {failed}"}
+        elif run is None:
+            outcome = {"registered": False, "reason": "mlflow.enabled is false: no registry to register in"}
+        else:
+            sha = files.sha256(deploy_path)
+            recorded = robustness_r["sha256"].get(str(deploy_path))
+            if sha != recorded:
+                raise IntegrityError(f"{deploy_path}: sha256 {sha} differs from the {recorded} robustness checked; "
+                                     "the file changed after the checks. Rerun: dvc repro")
+            run_tags = mlflow.get_run(run.info.run_id).data.tags
+            images, _ = data.load_split(PREPARED / "test.npz")
+            example = data.to_float(images[:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
+            tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
+                    "dvc_exp_name": run_tags.get("dvc_exp_name", "workspace"),
+                    "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
+                    "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
+            outcome = {"registered": True, **register(
+                mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,
+                lambda: log_deployable(deploy_path, deploy["runtime"], example), rg["promote"], deploy[metric])}
+
+        metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
+        for g in gates:
+            metrics.update({f"gate/{g['gate']}/value": g["value"], f"gate/{g['gate']}/passed": int(g["passed"])})
+        if outcome["registered"]:
+            metrics.update(version=outcome["version"], promoted=int(outcome["promoted"]),
+                           champion_version=outcome["champion_version"])
+        title = f"Model report: {deploy['model_args']['architecture']} ({run.info.run_id if run else 'untracked'})"
+        page = render_report(title, gates, outcome, read_json("metrics/train.json"),
+                             read_json("metrics/analyze.json"), read_json("reports/optimize.json"), robustness_r)
+        with files.atomic_path(HTML) as t:
+            t.write_text(page)
+        files.write_json(METRICS, metrics)
+        if run:
+            mlflow.log_metrics({f"register/{k}": v for k, v in metrics.items() if v is not None})
+            mlflow.set_tag("registry_decision", "registered" if outcome["registered"] else "rejected")
+            if outcome["registered"]:
+                mlflow.set_tags({"registry_model": outcome["model"], "registry_version": str(outcome["version"])})
+            mlflow.log_artifact(HTML, "report")
+    if outcome["registered"]:
+        print(f"register: {outcome['model']} version {outcome['version']} "
+              f"({'new' if outcome['created'] else 'already registered'}) @challenger; champion is version "
+              f"{outcome['champion_version']} -> {METRICS}, {HTML}")
+    else:
+        print(f"register: not registered: {outcome['reason']} -> {METRICS}, {HTML}")
+    return passed
+
+
+if __name__ == "__main__":
+    try:
+        ok = main()
+    except (ValueError, ConnectionError, FileNotFoundError, IntegrityError, MlflowException) as e:
+        sys.exit(f"register: {type(e).__name__}: {e}")
+    if not ok and params.load()["register"]["fail_on_gate"]:
+        sys.exit("register: gates failed and register.fail_on_gate is true (see metrics/register.json)")

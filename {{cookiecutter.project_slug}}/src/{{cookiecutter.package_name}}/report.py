@@ -1,0 +1,50 @@
+"""Self-contained HTML: one page style, tables of rows or key/value pairs, PNGs inlined as data URIs.
+
+    >>> "<td>0.5000</td>" in rows_table([{"dice": 0.5}])
+    True
+
+Used by the stages' own reports and by `register`'s model report, so every page reads alike and opens
+offline, images included, from a file, an MLflow artifact or an e-mail attachment.
+"""
+
+import base64
+import html
+from pathlib import Path
+
+CSS = ("body { font-family: sans-serif; margin: 2em; max-width: 80em } "
+       "table { border-collapse: collapse; margin-bottom: 1.5em } "
+       "td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left } th { background: #f4f4f4 } "
+       "img { max-width: 100%; border: 1px solid #eee } .pass { color: #176f2c } .fail { color: #b00020 }")
+
+
+def cell(v):
+    return html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def rows_table(rows, keys=None):
+    """A table with one row per dict; columns are `keys` or the first row's keys."""
+    if not rows:
+        return "<p>(none)</p>"
+    keys = keys or list(rows[0])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def pairs_table(pairs):
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in pairs)
+    return f"<table>{body}</table>"
+
+
+def image(path, alt):
+    """The PNG at `path` inlined, or a note saying it is missing (a report never points at other files)."""
+    path = Path(path)
+    if not path.is_file():
+        return f"<p>({html.escape(str(path))} not found)</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def page(title, body):
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
