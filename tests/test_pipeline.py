@@ -41,8 +41,8 @@ def versions(project):
 
 def raw_image(project, tmp_path):
     """A test image as a user has it: a PNG file, read back as (1, 3, H, W) float32 pixels in [0, 1]."""
-    images = np.load(project / "data/prepared/test.npz")["images"]  # (N, 3, H, W) uint8
-    Image.fromarray(images[0].transpose(1, 2, 0)).save(tmp_path / "image.png")
+    images = np.load(project / "data/prepared/test.npz")["images"]  # (N, H, W, 3) uint8
+    Image.fromarray(images[0]).save(tmp_path / "image.png")
     pixels = np.asarray(Image.open(tmp_path / "image.png").convert("RGB"), dtype=np.float32) / 255
     return pixels.transpose(2, 0, 1)[None]
 

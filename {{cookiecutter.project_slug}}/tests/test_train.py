@@ -172,6 +172,37 @@ def test_sigterm_ends_the_run_killed(project, runs):
     assert not (project / "models").exists()
 
 
+def test_run_left_running_by_a_killed_process_is_closed_when_train_starts(project, runs):
+    # SIGKILL: nothing in the process can end its run. The next stage start must not leave it RUNNING forever.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            proc.kill()
+            break
+    proc.communicate(timeout=60)
+    (orphan,) = runs(project)
+    assert orphan.info.status == "RUNNING"
+    train.main()
+    status = {r.info.run_id: r.info.status for r in runs(project)}
+    assert status.pop(orphan.info.run_id) == "KILLED" and list(status.values()) == ["FINISHED"]
+
+
+def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
+    # Queue workers and parallel stages open the store at once; MLflow's migrations on a fresh sqlite file
+    # race without tracking.store_lock.
+    code = ("import mlflow; from {{ cookiecutter.package_name }} import params, tracking; "
+            "cfg = params.load()['mlflow']; e = tracking.set_experiment(cfg, tracking.repo_root()); "
+            "mlflow.start_run(experiment_id=e); mlflow.end_run()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert [r.info.status for r in runs(project)] == ["FINISHED"] * 4
+
+
 def test_unreachable_server_stops_before_training(project, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))

@@ -71,6 +71,7 @@ def render_html(summary, metrics, rows):
 def main():
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
     p = params.load()
+    files.require("analyze")
     ap = p["analyze"]
     if ap.get("threads"):
         torch.set_num_threads(ap["threads"])

@@ -1,5 +1,5 @@
-"""Files: outputs appear whole or not at all (written to a temporary sibling, then renamed into place), and
-their sha256, which later stages check before trusting a file."""
+"""Files: outputs appear whole or not at all (written to a temporary sibling, then renamed into place), their
+sha256, which later stages check before trusting a file, and a stage's inputs checked before it starts."""
 
 import contextlib
 import hashlib
@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -45,3 +47,15 @@ def sha256(path):
         for block in iter(lambda: f.read(2 ** 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def require(stage, dvc_yaml="dvc.yaml"):
+    """Stop before any work, naming what is missing, when the stage's dvc.yaml deps are absent: a stage run by
+    hand before the ones that make its inputs. (Without a dvc.yaml, as in scratch copies, nothing is checked.)"""
+    if not Path(dvc_yaml).is_file():
+        return
+    deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["deps"]
+    missing = [d for d in deps if not Path(d).exists()]
+    if missing:
+        raise FileNotFoundError(f"missing input(s) {', '.join(missing)}; `dvc repro {stage}` makes them by running "
+                                "the stages before it")

@@ -177,6 +177,7 @@ def markdown_table(table, metric, chosen):
 def main():
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
     p = params.load()
+    files.require("optimize")
     op = p["optimize"]
     threads = torch.get_num_threads()
     model, model_args = models.load_checkpoint(CHECKPOINT)

@@ -65,6 +65,13 @@ def model_name(v):
         return "must be a non-empty name without / : @ (models:/<name>@<alias> URIs use them)"
 
 
+def store_uri(v):
+    if string(v) or not v.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql",
+                                      "databricks", "file:")):
+        return ("must be sqlite:///<file> (embedded), http(s)://<server>, a database URL (postgresql://...) "
+                "or databricks")
+
+
 def nullable(rule):
     def check(v):
         if v is not None and (problem := rule(v)):
@@ -121,7 +128,7 @@ SCHEMA = {
                   "max_quality_drop": number(), "block_severity": nullable(choice(*SEVERITIES))},
         "promote": choice(*PROMOTE), "fail_on_gate": boolean,
     },
-    "mlflow": {"enabled": boolean, "tracking_uri": string, "experiment": string, "run_name": nullable(string)},
+    "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "run_name": nullable(string)},
 }
 
 

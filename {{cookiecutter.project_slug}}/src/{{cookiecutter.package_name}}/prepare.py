@@ -49,6 +49,7 @@ def summary(splits, info):
 
 def main():
     p = params.load()
+    files.require("prepare")
     splits, info = build(p["prepare"], p["seed"])
     with files.atomic_path(OUT_DIR, directory=True) as tmp:
         for name, (images, targets) in splits.items():
@@ -63,5 +64,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, params.ParamsError) as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"prepare: {e}")

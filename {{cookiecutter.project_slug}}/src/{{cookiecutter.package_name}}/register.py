@@ -164,6 +164,7 @@ def main():
     """Returns True when the gates passed (the exit code is decided by register.fail_on_gate)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
     p = params.load()
+    files.require("register")
     rg = p["register"]
     deploy = read_json(DEPLOY_DIR / "deployable.json")
     deploy_path = DEPLOY_DIR / deploy["file"]

@@ -305,6 +305,7 @@ def render_html(rep):
 def main():
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
     p = params.load()
+    files.require("robustness")
     rp = p["robustness"]
     model, model_args = models.load_checkpoint(CHECKPOINT)
     for w in model.parameters():

@@ -9,6 +9,7 @@ Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -16,6 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; run parallel work against an MLflow server there
+    fcntl = None
 
 
 def repo_root():
@@ -48,11 +54,36 @@ def check_reachable(uri, timeout=5.0):
             "store (sqlite:///mlflow.db), or set mlflow.enabled: false") from None
 
 
+@contextlib.contextmanager
+def store_lock(uri):
+    """Hold an exclusive lock beside a local sqlite store (no-op for servers, and where fcntl is missing).
+
+    Several processes opening a fresh store at once (queue workers, parallel stages) race in MLflow's schema
+    migrations and die ("duplicate column name"); creating the same experiment twice fails too. Both happen
+    under this lock, once; later opens only wait for it briefly."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def connect(cfg, root):
-    """Point MLflow at the project's store, after checking a server answers. Returns the URI."""
+    """Point MLflow at the project's store, after checking a server answers; create or migrate a local
+    store under store_lock. Returns the URI."""
     uri = tracking_uri(cfg["tracking_uri"], root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        client = mlflow.MlflowClient()
+        client.search_experiments(max_results=1)  # tracking tables
+        client.search_registered_models(max_results=1)  # registry tables
     return uri
 
 
@@ -62,11 +93,45 @@ def set_experiment(cfg, root):
     With a local sqlite store, new experiments keep artifacts in <root>/mlruns, absolute: MLflow's default
     (./mlruns of the working directory) would land in DVC's temporary experiment copies."""
     uri = connect(cfg, root)
-    exp = mlflow.get_experiment_by_name(cfg["experiment"])
-    if exp is not None:
-        return exp.experiment_id
-    location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+    with store_lock(uri):
+        exp = mlflow.get_experiment_by_name(cfg["experiment"])
+        if exp is not None:
+            return exp.experiment_id
+        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+
+
+def process_tags():
+    """Which process holds a run open, so a later stage can tell a live run from an orphan."""
+    return {"process.host": socket.gethostname(), "process.pid": str(os.getpid())}
+
+
+def close_orphans(experiment_id):
+    """End KILLED the RUNNING runs of this experiment whose process, on this host, is gone (SIGKILL, OOM,
+    power loss: nothing in the process could end them). Runs of live processes, such as parallel queue
+    workers, and of other hosts are left alone. Returns the ids closed."""
+    closed = []
+    for run in mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  output_format="list"):
+        tags = run.data.tags
+        if tags.get("process.host") == socket.gethostname() and not _alive(int(tags.get("process.pid", 0))):
+            mlflow.MlflowClient().set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+            print(f"tracking: run {run.info.run_id} was left RUNNING by a dead process "
+                  f"(pid {tags['process.pid']}); marked KILLED")
+    return closed
+
+
+def _alive(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def resume(cfg, run_file="metrics/mlflow.json"):
@@ -75,7 +140,8 @@ def resume(cfg, run_file="metrics/mlflow.json"):
     if not ref["enabled"]:
         return None
     connect(cfg, repo_root())
-    return mlflow.start_run(run_id=ref["run_id"])
+    close_orphans(ref["experiment_id"])
+    return mlflow.start_run(run_id=ref["run_id"], tags=process_tags())
 
 
 @contextlib.contextmanager

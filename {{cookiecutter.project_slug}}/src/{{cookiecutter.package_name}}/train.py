@@ -249,6 +249,7 @@ def main():
     # SIGTERM (dvc queue kill, schedulers) unwinds like Ctrl-C, so the MLflow run is closed as KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     p = params.load()
+    files.require("train")
     tp, mp = p["train"], p["mlflow"]
     seed_everything(p["seed"])
     info = json.loads((PREPARED / "dataset.json").read_text())
@@ -278,12 +279,14 @@ def main():
         if not mp["enabled"]:
             return None
         experiment_id = tracking.set_experiment(mp, tracking.repo_root())
+        tracking.close_orphans(experiment_id)
         name = mp["run_name"] or tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                    tp["model"]["pretrained"])
         tags = {"task": task, "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
                 "pretrained": str(tp["model"]["pretrained"]).lower(),
                 "augmentation": "on" if any(tp["augment"].values()) else "off", "loss": tp["loss"],
-                "data_source": info["source"], "data_sha256": info["sha256"], **tracking.context_tags()}
+                "data_source": info["source"], "data_sha256": info["sha256"], **tracking.context_tags(),
+                **tracking.process_tags()}
         started = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
         print(f"train: MLflow run {started.info.run_name} ({started.info.run_id}) in {mlflow.get_tracking_uri()}")
         return started
@@ -356,5 +359,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, ConnectionError) as e:
+    except (ValueError, ConnectionError, FileNotFoundError) as e:
         sys.exit(f"train: {type(e).__name__}: {e}")
