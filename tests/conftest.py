@@ -10,6 +10,17 @@ from cookiecutter.main import cookiecutter
 TEMPLATE = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Pipeline params small enough for a test: every stage runs, in about a minute on 2 cores.
+TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
+        "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
+        "optimize": {"quantization": {"enabled": True, "calibration_images": 8},
+                     "latency": {"batch_size": 2, "warmup": 1, "runs": 5}},
+        "robustness": {"subset": 8, "epsilons": [0, 4], "declared_epsilon": 4, "pgd": {"steps": 2, "step_size": 0.5},
+                       "corruptions": ["gaussian_noise", "jpeg"], "severities": [1], "bootstrap_resamples": 50},
+        # Two epochs on 40 images: quality gates the tiny model can pass; the security gate stays as shipped.
+        "register": {"gates": {"min_quality": 0.0, "max_latency_ms": 10000, "min_robustness_score": 0.0,
+                               "max_quality_drop": 1.0, "block_severity": "high"}}}
+
 
 def bake(output_dir, **context):
     """Generate a project with the given answers (the rest default); returns its directory."""

@@ -1,6 +1,7 @@
 """Bake over the option matrix and check what comes out, file by file."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -12,8 +13,8 @@ from conftest import BIN, TEMPLATE, bake
 
 # The exact files of a baked project (besides .git/), before conditional ones.
 COMMON = {
-    ".dvcignore", ".gitignore", "MLproject", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
-    "data/raw/README.md",
+    ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
+    ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "report",
                                       "tracking", "prepare", "train", "analyze", "optimize", "robustness",
                                       "register", "compare")),
@@ -108,6 +109,40 @@ def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
                 todo.append(m)
         code_deps = {d for d in stage["deps"] if d.startswith("src/")}
         assert code_deps == {f"src/{package}/{m}.py" for m in needed}, name
+
+
+def test_generated_ci_workflow_uses_what_the_project_has(case):
+    ctx, project = case
+    package = project.name.replace("-", "_")
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
+    steps = workflow["jobs"]["test"]["steps"]
+    assert next(s for s in steps if "setup-python" in s.get("uses", ""))["with"]["python-version"] == ctx.get(
+        "python_version", "3.11")
+    script = "\n".join(s.get("run", "") for s in steps)
+    assert "pytest" in script and "ruff check" in script and f"python -m {package}.compare" in script
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    keys = re.findall(r"-S ([\w.]+)=", script)
+    assert keys
+    for key in keys:  # `dvc exp run -S` fails on a key params.yaml lacks
+        node = params
+        for part in key.split("."):
+            node = node[part]
+
+
+def test_makefile_and_pre_commit(case):
+    _, project = case
+    hooks = {h["id"] for r in yaml.safe_load((project / ".pre-commit-config.yaml").read_text())["repos"]
+             for h in r["hooks"]}
+    assert {"ruff", "check-yaml", "check-added-large-files"} <= hooks
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make on this machine")
+    listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
+    targets = {line.split()[0] for line in listed.splitlines()}
+    assert {"repro", "exp", "compare", "test", "ui", "serve", "push"} <= targets
+    dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
+                         check=True).stdout
+    assert dry.strip() == "dvc exp run -S lr=0.003"
 
 
 def test_ruff_clean(case):

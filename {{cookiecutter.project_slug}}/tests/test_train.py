@@ -128,7 +128,9 @@ def test_prepare_outputs(project, task):
     assert not [p for p in (project / "data").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
-def test_train_tracks_a_finished_run(project, task, runs):
+def test_train_tracks_a_finished_run(project, task, runs, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # default 10 s outlasts tiny training
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     train.main()
     metric = train.primary_metric(task)
     m = json.loads((project / "metrics/train.json").read_text())
@@ -139,6 +141,7 @@ def test_train_tracks_a_finished_run(project, task, runs):
     assert run.data.params["lr"] == str(params.load()["lr"]) and run.data.params["train.epochs"] == "2"
     assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
     assert run.data.tags["task"] == task and "git_commit" in run.data.tags
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # mlflow.system_metrics
     model, _ = models.load_checkpoint(project / "models/model.safetensors")
     assert model(torch.rand(2, 3, 32, 32)).shape[0] == 2
 
@@ -201,6 +204,30 @@ def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert [r.info.status for r in runs(project)] == ["FINISHED"] * 4
+
+
+def test_two_cpu_processes_with_gloo_match_one_process(project, runs):
+    # torchrun, as on a multi-GPU machine, with gloo on CPU: rank 0 alone writes and tracks; the result is the
+    # single-process one within tolerance (shards and batch-norm statistics differ, so not bit for bit).
+    p = params.load()
+    p["train"].update(epochs=3, batch_size=8, early_stopping_patience=0)
+    p["train"]["augment"] = {"hflip": False, "vflip": False, "rot90": False, "brightness": 0.0}
+    files.write_json("params.yaml", p)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("train: best epoch") == 1  # one writer
+    ddp = json.loads(Path("metrics/train.json").read_text())
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    train.main()  # the same params in one process
+    single = json.loads(Path("metrics/train.json").read_text())
+    metric = train.primary_metric(params.load()["prepare"]["task"])
+    assert ddp["epochs_run"] == single["epochs_run"] == 3
+    assert abs(ddp[f"test/{metric}"] - single[f"test/{metric}"]) <= 0.15, (ddp, single)
+    assert abs(ddp["test/loss"] - single["test/loss"]) <= 0.25 * single["test/loss"], (ddp, single)
 
 
 def test_unreachable_server_stops_before_training(project, monkeypatch):

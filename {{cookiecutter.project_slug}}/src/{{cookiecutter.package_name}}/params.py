@@ -128,7 +128,8 @@ SCHEMA = {
                   "max_quality_drop": number(), "block_severity": nullable(choice(*SEVERITIES))},
         "promote": choice(*PROMOTE), "fail_on_gate": boolean,
     },
-    "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "run_name": nullable(string)},
+    "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
+               "run_name": nullable(string)},
 }
 
 

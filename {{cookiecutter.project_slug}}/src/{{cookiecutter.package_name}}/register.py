@@ -25,6 +25,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 
 from {{ cookiecutter.package_name }} import data, files, models, params, report, tracking
@@ -133,6 +134,12 @@ def register(client, name, run_id, sha, tags, log_model, policy, quality):
             "previous_champion_quality": previous_quality, "policy": policy}
 
 
+def lock_tags(lock):
+    """{'dvc.dep.<path>': md5} for every data / model dependency recorded in dvc.lock (code deps aside)."""
+    return {f"dvc.dep.{d['path']}": d.get("md5", "") for stage in lock.get("stages", {}).values()
+            for d in stage.get("deps", []) if not d["path"].startswith("src/")}
+
+
 # --- the model report ---------------------------------------------------------------------------------------
 
 def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustness_r):
@@ -217,6 +224,9 @@ def main():
             if outcome["registered"]:
                 mlflow.set_tags({"registry_model": outcome["model"], "registry_version": str(outcome["version"])})
             mlflow.log_artifact(HTML, "report")
+            if Path("dvc.lock").is_file():  # the link back to DVC: which data and model versions made this run
+                mlflow.set_tags(lock_tags(yaml.safe_load(Path("dvc.lock").read_text())))
+                mlflow.log_artifact("dvc.lock", "dvc")
     if outcome["registered"]:
         print(f"register: {outcome['model']} version {outcome['version']} "
               f"({'new' if outcome['created'] else 'already registered'}) @challenger; champion is version "

@@ -3,11 +3,17 @@
     python -m {{ cookiecutter.package_name }}.train       # or: dvc repro train
     dvc exp run -S lr=0.003                               # an experiment = one MLflow run
 
+Several processes (GPUs, or CPU cores for a test) with DistributedDataParallel, the batch split between them:
+
+    torchrun --standalone --nproc_per_node 2 -m {{ cookiecutter.package_name }}.train
+
 Reads params `seed`, `lr`, `train`, `mlflow`. Writes models/model.safetensors (weights + constructor
 arguments), metrics/train.json, metrics/mlflow.json (the run id and logged model URI), plots/train/*.
+Under torchrun only rank 0 writes files and talks to MLflow; train metrics are summed over ranks.
 """
 
 import json
+import os
 import random
 import signal
 import sys
@@ -19,9 +25,11 @@ import mlflow
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from {{ cookiecutter.package_name }} import data, files, models, params, tracking
@@ -116,6 +124,13 @@ def train_one_epoch(model, loader, loss_fn, optimizer, *, task, num_classes, dev
         total += loss.item() * len(x)
         n += len(x)
         stats = add_stats(stats, batch_stats(logits.detach().float(), y, task, num_classes))
+    if dist.is_initialized():  # each rank saw its shard: sum the counts, then score
+        packed = torch.cat([torch.tensor([total, n], dtype=torch.float64, device=device),
+                            *(v.reshape(-1) for v in stats.values())])
+        dist.all_reduce(packed)
+        total, n = packed[0].item(), packed[1].item()
+        sizes = [v.numel() for v in stats.values()]
+        stats = {k: t.reshape(v.shape) for (k, v), t in zip(stats.items(), packed[2:].split(sizes), strict=True)}
     return {"loss": total / n, **scores(task, stats)}
 
 
@@ -160,14 +175,18 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
     """Train for up to `epochs`, stopping after `patience` epochs without a better validation metric
     (0: never). Returns (best state_dict, per-epoch history, best epoch)."""
     metric = primary_metric(task)
+    net = model.module if isinstance(model, DistributedDataParallel) else model  # what is evaluated and saved
     best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, task=task, num_classes=num_classes,
                              device=device, augment=augment, generator=generator, grad_clip_norm=grad_clip_norm,
                              amp=amp)
-        va = evaluate(model, val_loader, loss_fn, task=task, num_classes=num_classes, device=device, amp=amp)
+        # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
+        va = evaluate(net, val_loader, loss_fn, task=task, num_classes=num_classes, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(va[metric])
         elif scheduler is not None:
@@ -181,7 +200,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
         on_epoch(record)
         if va[metric] > best:
             best, best_epoch = va[metric], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         elif patience and epoch - best_epoch >= patience:
             break
     return best_state, history, best_epoch
@@ -229,9 +248,22 @@ def plot_predictions(images, targets, preds, task, class_names, path):
     plt.close(fig)
 
 
-def pick_device(name):
+def init_distributed():
+    """(rank, world size, local rank); joins the process group when started by torchrun (WORLD_SIZE > 1).
+    NCCL between GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, local_rank
+
+
+def pick_device(name, local_rank=0):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
@@ -252,11 +284,15 @@ def main():
     files.require("train")
     tp, mp = p["train"], p["mlflow"]
     seed_everything(p["seed"])
+    rank, world, local_rank = init_distributed()
+    if tp["batch_size"] % world:
+        raise ValueError(f"train.batch_size={tp['batch_size']}: must divide by the {world} processes (each takes "
+                         "an equal share of every batch)")
     info = json.loads((PREPARED / "dataset.json").read_text())
     task, num_classes = info["task"], info["num_classes"]
     metric = primary_metric(task)
     seg = task == "segmentation"
-    device = pick_device(tp["device"])
+    device = pick_device(tp["device"], local_rank)
     amp = bool(tp["amp"]) and device.type == "cuda"
 
     model_args = {"task": task, "architecture": tp["model"]["architecture"],
@@ -267,16 +303,20 @@ def main():
     model.to(device)
     splits = {name: data.load_split(PREPARED / f"{name}.npz") for name in ("train", "val", "test")}
     shuffle = torch.Generator().manual_seed(p["seed"])
-    loaders = {name: DataLoader(TensorDataset(*tensors), batch_size=tp["batch_size"], shuffle=name == "train",
-                                generator=shuffle if name == "train" else None, num_workers=tp["num_workers"],
-                                pin_memory=device.type == "cuda")
+    sampler = (DistributedSampler(TensorDataset(*splits["train"]), world, rank, shuffle=True, seed=p["seed"])
+               if world > 1 else None)
+    loaders = {name: DataLoader(TensorDataset(*tensors), batch_size=tp["batch_size"] // world if name == "train"
+                                else tp["batch_size"], shuffle=name == "train" and sampler is None,
+                                sampler=sampler if name == "train" else None,
+                                generator=shuffle if name == "train" and sampler is None else None,
+                                num_workers=tp["num_workers"], pin_memory=device.type == "cuda")
                for name, tensors in splits.items()}
     loss_fn = make_loss(task, tp["loss"], num_classes, tp.get("label_smoothing", 0.0))
     optimizer = make_optimizer(model, tp["optimizer"], p["lr"])
     scheduler = make_scheduler(optimizer, tp["scheduler"], tp["epochs"])
 
     def start():  # inside closing(): a signal arriving as the run opens still ends it KILLED
-        if not mp["enabled"]:
+        if not mp["enabled"] or rank != 0:
             return None
         experiment_id = tracking.set_experiment(mp, tracking.repo_root())
         tracking.close_orphans(experiment_id)
@@ -285,9 +325,11 @@ def main():
         tags = {"task": task, "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
                 "pretrained": str(tp["model"]["pretrained"]).lower(),
                 "augmentation": "on" if any(tp["augment"].values()) else "off", "loss": tp["loss"],
-                "data_source": info["source"], "data_sha256": info["sha256"], **tracking.context_tags(),
+                "data_source": info["source"], "data_sha256": info["sha256"], "world_size": str(world),
+                "device": str(device), **tracking.context_tags(),
                 **tracking.process_tags()}
-        started = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags,
+                                   log_system_metrics=mp["system_metrics"])
         print(f"train: MLflow run {started.info.run_name} ({started.info.run_id}) in {mlflow.get_tracking_uri()}")
         return started
 
@@ -299,18 +341,26 @@ def main():
             mlflow.log_metric("params/total", sum(t.numel() for t in model.parameters()))
 
         def on_epoch(r):
+            if rank != 0:
+                return
             print(f"epoch {r['epoch']:3d}  train/loss {r['train/loss']:.4f}  val/loss {r['val/loss']:.4f}  "
                   f"val/{metric} {r[f'val/{metric}']:.4f}  lr {r['lr']:.2e}  {r['epoch_time_s']:.1f}s", flush=True)
             if run:
                 mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"])
 
         start = time.perf_counter()
+        wrapped = (DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+                   if world > 1 else model)
         best_state, history, best_epoch = fit(
-            model, loaders["train"], loaders["val"], loss_fn, optimizer, scheduler, epochs=tp["epochs"],
+            wrapped, loaders["train"], loaders["val"], loss_fn, optimizer, scheduler, epochs=tp["epochs"],
             patience=tp["early_stopping_patience"], task=task, num_classes=num_classes, device=device,
-            augment=tp["augment"], generator=torch.Generator().manual_seed(p["seed"] + 1),
+            augment=tp["augment"], generator=torch.Generator().manual_seed(p["seed"] + 1 + rank),
             grad_clip_norm=tp["grad_clip_norm"], amp=amp, on_epoch=on_epoch)
         train_time = time.perf_counter() - start
+        if world > 1:
+            dist.destroy_process_group()
+        if rank != 0:  # rank 0 holds the same weights and writes everything
+            return
         model.load_state_dict(best_state)
         ev = {name: evaluate(model, loaders[name], loss_fn, task=task, num_classes=num_classes, device=device,
                              amp=amp) for name in ("val", "test")}

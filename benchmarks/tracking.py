@@ -1,0 +1,127 @@
+"""Training throughput with MLflow tracking on vs off, against a bare PyTorch loop doing the same steps.
+
+    .venv/bin/python benchmarks/tracking.py [--task segmentation] [--rounds 5] [--out benchmarks/results]
+
+Bakes a default project and runs its prepare stage, then, in one process, trains three copies of the same
+model an epoch at a time, the order rotated every round so no variant always runs first:
+  bare  a hand-written loop (forward, loss, backward, step) with no metric counting,
+  off   the project's train.train_one_epoch (metrics counted), no MLflow,
+  on    train.train_one_epoch, then mlflow.log_metrics into an active run on the embedded SQLite store,
+        with system metrics sampling, as train.main does.
+Ratios are taken round by round (the same round's epochs ran seconds apart) and reported as medians with
+their min-max. Target: tracking costs <= 1% of training throughput.
+"""
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from pipeline import cpu_model  # noqa: E402
+
+from conftest import bake, project_env  # noqa: E402  (after the sys.path insert)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="segmentation", choices=["segmentation", "classification"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = bake(Path(tmp), task=args.task, init_git=False)
+        package = project.name.replace("-", "_")
+        subprocess.run([sys.executable, "-m", f"{package}.prepare"], cwd=project, env=project_env(project),
+                       check=True, stdout=subprocess.DEVNULL)
+        sys.path.insert(0, str(project / "src"))
+        import mlflow
+
+        data = __import__(f"{package}.data", fromlist=["x"])
+        models = __import__(f"{package}.models", fromlist=["x"])
+        params = __import__(f"{package}.params", fromlist=["x"])
+        train = __import__(f"{package}.train", fromlist=["x"])
+
+        p = params.load(project / "params.yaml")
+        tp = p["train"]
+        info = json.loads((project / "data/prepared/dataset.json").read_text())
+        task, num_classes = info["task"], info["num_classes"]
+        images, targets = data.load_split(project / "data/prepared/train.npz")
+        torch.manual_seed(0)
+        base = models.build_model(task=task, architecture=tp["model"]["architecture"],
+                                  encoder=tp["model"]["encoder"], num_classes=num_classes, mean=info["mean"],
+                                  std=info["std"], pretrained=False)
+        loss_fn = train.make_loss(task, tp["loss"], num_classes)
+        variants = {}
+        for name in ("bare", "off", "on"):
+            model = copy.deepcopy(base)
+            variants[name] = (model, train.make_optimizer(model, tp["optimizer"], p["lr"]))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets),
+                                             batch_size=tp["batch_size"], shuffle=True,
+                                             generator=torch.Generator().manual_seed(0))
+        common = {"task": task, "num_classes": num_classes, "device": torch.device("cpu"),
+                  "augment": tp["augment"], "generator": torch.Generator().manual_seed(1),
+                  "grad_clip_norm": tp["grad_clip_norm"]}
+
+        def bare(model, optimizer):
+            model.train()
+            for x, y in loader:
+                x, y = data.augment(data.to_float(x), y, tp["augment"], common["generator"])
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                if tp["grad_clip_norm"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tp["grad_clip_norm"])
+                optimizer.step()
+
+        mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+        run = mlflow.start_run(log_system_metrics=True)
+        epoch_s = {name: [] for name in variants}
+        names = list(variants)
+        for r in range(args.rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                model, optimizer = variants[name]
+                start = time.perf_counter()
+                if name == "bare":
+                    bare(model, optimizer)
+                else:
+                    metrics = train.train_one_epoch(model, loader, loss_fn, optimizer, **common)
+                    if name == "on":
+                        mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=r + 1)
+                epoch_s[name].append(time.perf_counter() - start)
+            print(f"round {r + 1}: " + "  ".join(f"{n} {epoch_s[n][-1]:.2f}s" for n in names), flush=True)
+        mlflow.end_run()
+        logged = len(mlflow.MlflowClient().get_run(run.info.run_id).data.metrics)
+
+    def ratio(a, b):  # per round: how much longer a's epoch took than b's
+        values = [x / y - 1 for x, y in zip(epoch_s[a], epoch_s[b], strict=True)]
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    result = {"machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+              "task": args.task, "rounds": args.rounds, "images_per_epoch": len(images),
+              "epoch_s": {n: [round(t, 3) for t in v] for n, v in epoch_s.items()},
+              "images_per_s": {n: len(images) / statistics.median(v) for n, v in epoch_s.items()},
+              "tracking_overhead": ratio("on", "off"), "metric_counting_overhead": ratio("off", "bare"),
+              "metrics_logged": logged}
+    out = Path(args.out) / f"tracking-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    t, c = result["tracking_overhead"], result["metric_counting_overhead"]
+    print(f"\n| images/s | bare {result['images_per_s']['bare']:.1f} | off {result['images_per_s']['off']:.1f} | "
+          f"on {result['images_per_s']['on']:.1f} |")
+    print(f"tracking on vs off: {t['median']:+.2%} (per round {t['min']:+.2%} .. {t['max']:+.2%}); target <= +1%")
+    print(f"project loop vs bare loop: {c['median']:+.2%} (per round {c['min']:+.2%} .. {c['max']:+.2%})")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

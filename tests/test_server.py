@@ -1,0 +1,103 @@
+"""A team set-up: `mlflow server` on a PostgreSQL backend store with proxied artifacts, a baked project pointed
+at it through the cookiecutter option, the pipeline run, and everything (runs, artifacts, the registered model)
+found on the server."""
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import BIN, TINY, bake, project_env
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin():
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    return Path(found).resolve().parent if found else None
+
+
+def _wait(url, proc, seconds=120):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not come up"
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql; scripts/test.sh does)")
+    # initdb refuses to run as root; the cluster belongs to the postgres user, in a directory it can reach.
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    if as_pg:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", _port()
+    subprocess.run([*as_pg, pg / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_pg, pg / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    mlflow_server = None
+    try:
+        subprocess.run([pg / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"], check=True)
+        http_port = _port()
+        artifacts = Path(tempfile.mkdtemp(prefix="mlartifacts-"))
+        mlflow_server = subprocess.Popen(
+            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(http_port),
+             "--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow",
+             "--artifacts-destination", str(artifacts)],
+            env=project_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        uri = f"http://127.0.0.1:{http_port}"
+        _wait(f"{uri}/health", mlflow_server)
+        yield uri, artifacts
+    finally:
+        if mlflow_server:
+            mlflow_server.terminate()
+            mlflow_server.wait(30)
+        subprocess.run([*as_pg, pg / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
+    uri, artifacts = server
+    project = bake(tmp_path, mlflow_tracking_uri=uri)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run(["dvc", "repro"], cwd=project, env=project_env(project), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    ref = json.loads((project / "metrics/mlflow.json").read_text())
+    run = client.get_run(ref["run_id"])
+    assert run.info.status == "FINISHED" and "robustness/score" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoint", "report", "robustness"}
+    assert any(artifacts.rglob("model.html"))  # proxied: stored by the server, not by the client
+    champion = client.get_model_version_by_alias(project.name, "champion")
+    assert champion.run_id == run.info.run_id and champion.tags["run_id"] == run.info.run_id
+    security = json.loads((project / "reports/robustness.json").read_text())["security"]
+    assert next(f for f in security if f["check"] == "tracking-config")["status"] == "PASS"  # loopback
