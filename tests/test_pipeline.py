@@ -43,23 +43,18 @@ def runs(project):
     return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
 
 
-@pytest.fixture(scope="module", params=["segmentation", "classification"])
-def pipeline(request, tmp_path_factory):
-    """A baked project, committed with tiny params, after one `dvc repro`."""
-    project = bake(tmp_path_factory.mktemp("e2e"), task=request.param)
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A baked segmentation project, committed with tiny params, after one `dvc repro`. (The classification
+    pipeline runs end to end in test_server.py, against an MLflow server; both baked test suites run.)"""
+    project = bake(tmp_path_factory.mktemp("e2e"), task="segmentation")
     params = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(project, "git", "commit", "-qam", "tiny params")
     out = sh(project, "dvc", "repro")
-    return request.param, project, out
-
-
-def only(task, wanted, reason):
-    """Some checks don't depend on the task: run them on one pipeline, keep the suite short."""
-    if task != wanted:
-        pytest.skip(f"{wanted} only: {reason}")
+    return "segmentation", project, out
 
 
 def test_dvc_metrics_written(pipeline):
@@ -161,7 +156,6 @@ def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp
 
 def test_champion_answers_over_rest(pipeline, tmp_path):
     task, project, _ = pipeline
-    only(task, "segmentation", "serving does not depend on the task; loading is tested for both")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -216,7 +210,6 @@ def test_model_report_renders_with_its_images(pipeline, tmp_path):
 
 def test_register_again_reuses_the_version(pipeline):
     task, project, _ = pipeline
-    only(task, "segmentation", "the registry logic does not depend on the task")
     package = project.name.replace("-", "_")
     out = sh(project, "python", "-m", f"{package}.register")
     assert "already registered" in out and len(versions(project)) == 1
@@ -224,7 +217,6 @@ def test_register_again_reuses_the_version(pipeline):
 
 def test_tampered_artifact_is_not_registered(pipeline):
     task, project, _ = pipeline
-    only(task, "segmentation", "the registry logic does not depend on the task")
     package = project.name.replace("-", "_")
     report = project / "reports/robustness.json"
     original = report.read_text()
@@ -238,19 +230,20 @@ def test_tampered_artifact_is_not_registered(pipeline):
     assert "IntegrityError" in out and "sha256" in out and len(versions(project)) == 1
 
 
-def test_mlflow_project_experiment_is_one_run(pipeline):
-    # `mlflow run -e experiment` = `dvc exp run -S lr=... -S train.epochs=...`: the run MLflow Projects opens is
-    # the one train logs into and the later stages follow, registration included.
-    task, project, _ = pipeline
-    only(task, "segmentation", "classification runs its experiment with --temp")
+def test_mlflow_project_experiment_is_one_run_in_a_temp_copy(pipeline):
+    # `mlflow run -e experiment` = `dvc exp run --temp -S lr=... -S train.epochs=...`: the run MLflow Projects
+    # opens is the one train logs into and the later stages follow, registration included, although DVC runs
+    # the stages in a copy under .dvc/tmp/exps that it deletes afterwards.
+    _, project, _ = pipeline
     sh(project, "mlflow", "run", ".", "-e", "experiment", "-P", "lr=0.0123", "-P", "epochs=2", "--env-manager",
        "local", "--experiment-name", project.name)
     run = runs(project)[-1]
     assert run.data.tags["mlflow.project.entryPoint"] == "experiment" and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.0123" and run.data.tags.get("dvc_exp_name")
-    assert json.loads((project / "metrics/mlflow.json").read_text())["run_id"] == run.info.run_id
     assert "robustness/score" in run.data.metrics and run.data.tags["registry_version"] == "2"
-    assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.0123
+    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+    assert mlflow.MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
+    assert yaml.safe_load((project / "params.yaml").read_text())["lr"] != 0.0123  # the workspace is untouched
     # Linked both ways: dvc.lock's data hashes on the run, the run id in `dvc exp show`.
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert run.data.tags["dvc.dep.data/prepared"] == next(
@@ -260,22 +253,8 @@ def test_mlflow_project_experiment_is_one_run(pipeline):
     assert v2.tags["dvc_exp_name"] == run.data.tags["dvc_exp_name"] and v2.tags["previous_champion"] == "1"
 
 
-def test_temp_experiment_lands_in_the_project_store(pipeline):
-    # --temp runs in a copy under .dvc/tmp/exps that DVC deletes afterwards: the run and its artifacts must
-    # still be in the project's store.
-    task, project, _ = pipeline
-    only(task, "classification", "queued experiments run in the same kind of copy (test_queued_sweep)")
-    sh(project, "dvc", "exp", "run", "--temp", "-S", "lr=0.0042")
-    run = runs(project)[-1]
-    assert run.data.params["lr"] == "0.0042" and run.info.status == "FINISHED"
-    client = mlflow.MlflowClient()
-    assert client.list_artifacts(run.info.run_id, "checkpoint")
-    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
-
-
 def test_queued_sweep_on_two_workers_loses_no_run(pipeline):
     task, project, _ = pipeline
-    only(task, "segmentation", "the queue does not depend on the task")
     before = {r.info.run_id for r in runs(project)}
     sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.002,0.003")
     sh(project, "dvc", "queue", "start", "-j", "2")
@@ -294,7 +273,6 @@ def test_queued_sweep_on_two_workers_loses_no_run(pipeline):
 def test_failing_gate_registers_nothing_and_fails_only_when_asked(pipeline):
     # Only register's params change, so only register reruns.
     task, project, _ = pipeline
-    only(task, "classification", "gates do not depend on the task")
     before = len(versions(project))
     out = sh(project, "dvc", "exp", "run", "-S", "register.gates.min_quality=2")
     assert "Running stage 'register'" in out and "Running stage 'train'" not in out

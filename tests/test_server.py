@@ -80,7 +80,8 @@ def server():
 
 def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
     uri, artifacts = server
-    project = bake(tmp_path, mlflow_tracking_uri=uri)
+    # Classification here: with test_pipeline.py (segmentation), both tasks run the whole pipeline for real.
+    project = bake(tmp_path, task="classification", mlflow_tracking_uri=uri)
     params = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)

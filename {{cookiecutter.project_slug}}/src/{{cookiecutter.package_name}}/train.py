@@ -180,7 +180,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        if isinstance(train_loader.sampler, DistributedSampler):
+        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, task=task, num_classes=num_classes,
                              device=device, augment=augment, generator=generator, grad_clip_norm=grad_clip_norm,
