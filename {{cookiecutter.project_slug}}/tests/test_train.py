@@ -129,6 +129,9 @@ def test_prepare_outputs(project, task):
 
 
 def test_train_tracks_a_finished_run(project, task, runs, monkeypatch):
+    p = params.load()
+    p["mlflow"]["system_metrics"] = True
+    files.write_json("params.yaml", p)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # default 10 s outlasts tiny training
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     train.main()
@@ -159,15 +162,21 @@ def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeyp
     assert not (project / "models").exists() and not (project / "metrics/train.json").exists()
 
 
-def test_sigterm_ends_the_run_killed(project, runs):
-    # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
+def _train_process(project, wait_for):
+    """A real `python -m <pkg>.train` process, returned once it printed a line starting with `wait_for`."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
-        if line.startswith("train: MLflow run"):
-            proc.send_signal(signal.SIGTERM)
-            break
+        if line.startswith(wait_for):
+            return proc
+    raise AssertionError(f"train ended before printing {wait_for!r}")
+
+
+def test_sigterm_ends_the_run_killed(project, runs):
+    # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
+    proc = _train_process(project, "train: MLflow run")
+    proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     (run,) = runs(project)
@@ -177,13 +186,8 @@ def test_sigterm_ends_the_run_killed(project, runs):
 
 def test_run_left_running_by_a_killed_process_is_closed_when_train_starts(project, runs):
     # SIGKILL: nothing in the process can end its run. The next stage start must not leave it RUNNING forever.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch"):
-            proc.kill()
-            break
+    proc = _train_process(project, "epoch")
+    proc.kill()
     proc.communicate(timeout=60)
     (orphan,) = runs(project)
     assert orphan.info.status == "RUNNING"
