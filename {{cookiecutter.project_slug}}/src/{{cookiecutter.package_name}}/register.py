@@ -168,7 +168,6 @@ def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustn
 # --- the stage ----------------------------------------------------------------------------------------------
 
 def main():
-    """Returns True when the gates passed (the exit code is decided by register.fail_on_gate)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
     p = params.load()
     files.require("register")
@@ -233,13 +232,12 @@ def main():
               f"{outcome['champion_version']} -> {METRICS}, {HTML}")
     else:
         print(f"register: not registered: {outcome['reason']} -> {METRICS}, {HTML}")
-    return passed
+        if not passed and rg["fail_on_gate"]:  # outputs written and the run closed first: the decision stays reviewable
+            sys.exit("register: gates failed and register.fail_on_gate is true (see metrics/register.json)")
 
 
 if __name__ == "__main__":
     try:
-        ok = main()
+        main()
     except (ValueError, ConnectionError, FileNotFoundError, IntegrityError, MlflowException) as e:
         sys.exit(f"register: {type(e).__name__}: {e}")
-    if not ok and params.load()["register"]["fail_on_gate"]:
-        sys.exit("register: gates failed and register.fail_on_gate is true (see metrics/register.json)")
