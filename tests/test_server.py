@@ -1,6 +1,7 @@
 """A team set-up: `mlflow server` on a PostgreSQL backend store with proxied artifacts, a baked project pointed
 at it through the cookiecutter option, the pipeline run, and everything (runs, artifacts, the registered model)
-found on the server."""
+found on the server. The project trains on image folders of its own, as a user's, so this is also where a
+changed raw image is shown to rerun prepare and everything after it."""
 
 import glob
 import json
@@ -14,8 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import BIN, TINY, bake, project_env
 
@@ -86,9 +89,17 @@ def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
     for section, values in TINY.items():
         params[section].update(values)
     params["train"]["epochs"] = 1
+    params["prepare"].update(source="folder", num_classes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run(["dvc", "repro"], cwd=project, env=project_env(project), capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # The user's own data, laid out and tracked as data/raw/README.md says: one folder of PNGs per class.
+    rng = np.random.default_rng(0)
+    for name, low in (("dark", 0), ("bright", 128)):
+        (project / "data/raw" / name).mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(low, low + 128, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(project / f"data/raw/{name}/{i:03d}.png")
+    dvc(project, "add", "data/raw/dark", "data/raw/bright")
+    assert "folder classification images" in dvc(project, "repro")
     assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
 
     mlflow.set_tracking_uri(uri)
@@ -102,3 +113,18 @@ def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
     assert champion.run_id == run.info.run_id and champion.tags["run_id"] == run.info.run_id
     security = json.loads((project / "reports/robustness.json").read_text())["security"]
     assert next(f for f in security if f["check"] == "tracking-config")["status"] == "PASS"  # loopback
+
+    # One raw image changed: prepare and every stage after it run again, and the new run records the new data.
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(project / "data/raw/bright/000.png")
+    out = dvc(project, "repro")
+    assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
+        f"Running stage '{stage}':" for stage in ("prepare", "train", "analyze", "optimize", "robustness", "register")]
+    rerun = client.get_run(json.loads((project / "metrics/mlflow.json").read_text())["run_id"])
+    assert rerun.info.run_id != run.info.run_id and rerun.data.tags["data_sha256"] != run.data.tags["data_sha256"]
+    assert "Running stage" not in dvc(project, "repro")
+
+
+def dvc(project, *args):
+    result = subprocess.run(["dvc", *args], cwd=project, env=project_env(project), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,3 +98,12 @@ def test_pretrained_without_network_fails_clearly(tmp_path, monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
     with pytest.raises(RuntimeError, match="pretrained: false"):
         _build("classification", "resnet18", num_classes=3, pretrained=True)
+
+
+def test_stage_imports_leave_the_model_libraries_until_a_model_is_built():
+    # smp (with timm and torchvision) costs seconds per stage process; only building a model may pay it.
+    code = ("import sys; from {{ cookiecutter.package_name }} import compare, prepare, register, train; "
+            "print(sorted({'segmentation_models_pytorch', 'timm', 'torchvision'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}).stdout
+    assert out.strip() == "[]"

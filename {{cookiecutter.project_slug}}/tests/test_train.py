@@ -129,9 +129,6 @@ def test_prepare_outputs(project, task):
 
 
 def test_train_tracks_a_finished_run(project, task, runs, monkeypatch):
-    p = params.load()
-    p["mlflow"]["system_metrics"] = True
-    files.write_json("params.yaml", p)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # default 10 s outlasts tiny training
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     train.main()
@@ -164,7 +161,9 @@ def test_interrupted_training_closes_the_run_and_writes_nothing(project, monkeyp
 
 def _train_process(project, wait_for):
     """A real `python -m <pkg>.train` process, returned once it printed a line starting with `wait_for`."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1"}
+    # System metrics on (the default) and sampled often, so MLflow's monitor thread is busy with the store.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PYTHONUNBUFFERED": "1",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -177,11 +176,21 @@ def test_sigterm_ends_the_run_killed(project, runs):
     # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
     proc = _train_process(project, "train: MLflow run")
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped: SIGTERM received" in out, out
     (run,) = runs(project)
     assert run.info.status == "KILLED"
     assert not (project / "models").exists()
+
+
+def test_a_signal_stops_training_at_the_next_batch_and_a_second_at_once(monkeypatch):
+    monkeypatch.setitem(train.STOP, "signal", None)
+    train.stop_point()  # no signal yet: nothing happens
+    train.request_stop(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
+        train.stop_point()
+    with pytest.raises(KeyboardInterrupt, match="twice"):
+        train.request_stop(signal.SIGINT, None)
 
 
 def test_run_left_running_by_a_killed_process_is_closed_when_train_starts(project, runs):

@@ -13,20 +13,34 @@ import functools
 import json
 
 import safetensors.torch
-import segmentation_models_pytorch as smp
 import torch
-import torchvision
 from torch import nn
 
+
+# The model libraries are imported when a model is built, not with this module: smp pulls in timm and
+# torchvision (~4 s here, `python -X importtime`), which stages that never build a segmentation model
+# (prepare, register, compare, every classification stage) should not pay.
+def _smp(architecture, **kwargs):
+    import segmentation_models_pytorch as smp
+
+    return getattr(smp, architecture)(**kwargs)
+
+
+def _torchvision(name, **kwargs):
+    import torchvision
+
+    return torchvision.models.get_model(name, **kwargs)
+
+
 # DPT is left out: it needs a timm ViT encoder ("tu-...") that the rest of ENCODERS doesn't provide.
-SEGMENTATION = {cls.__name__: cls for cls in (
-    smp.Unet, smp.UnetPlusPlus, smp.FPN, smp.PSPNet, smp.DeepLabV3, smp.DeepLabV3Plus, smp.Linknet, smp.MAnet,
-    smp.PAN, smp.UPerNet, smp.Segformer,
+SEGMENTATION = {name: functools.partial(_smp, name) for name in (
+    "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN", "UPerNet",
+    "Segformer",
 )}
 # Encoders the project tests; any name from smp.encoders.get_encoder_names() can be added.
 ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0", "mobileone_s0",
             "densenet121", "vgg11_bn")
-CLASSIFICATION = {name: functools.partial(torchvision.models.get_model, name) for name in (
+CLASSIFICATION = {name: functools.partial(_torchvision, name) for name in (
     "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
     "densenet121", "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_y_400mf",
 )}

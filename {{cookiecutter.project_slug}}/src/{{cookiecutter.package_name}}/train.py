@@ -23,7 +23,6 @@ from pathlib import Path
 import matplotlib
 import mlflow
 import numpy as np
-import segmentation_models_pytorch as smp
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -46,6 +45,25 @@ CURVES = "plots/train/curves.png"
 PREDICTIONS = "plots/train/predictions.png"
 SEG_LOSSES = ("dice", "bce", "focal", "dice_bce")
 
+# SIGTERM (`dvc queue kill`, schedulers, torchrun) and SIGINT (Ctrl-C) only set this; training stops at the next
+# batch, and the run ends KILLED. An exception raised wherever a signal happens to land can leave a lock held
+# inside a library (logging's handler locks, a database session), and MLflow's system-metrics thread, which
+# end_run waits for, then blocks on it forever; between two batches no library code is running.
+STOP = {"signal": None}
+
+
+def request_stop(signum, frame):
+    if STOP["signal"]:  # asked twice: stop now, wherever we are
+        raise KeyboardInterrupt(f"{STOP['signal']} received twice")
+    STOP["signal"] = signal.Signals(signum).name
+    # os.write, not print: the signal may have interrupted a print on the same stream.
+    os.write(2, f"train: {STOP['signal']} received, stopping after this batch (again: at once)\n".encode())
+
+
+def stop_point(outcome="no output half written, any MLflow run ended KILLED"):
+    if STOP["signal"]:
+        raise KeyboardInterrupt(f"{STOP['signal']} received; {outcome}")
+
 
 def primary_metric(task):
     return "dice" if task == "segmentation" else "accuracy"
@@ -65,7 +83,9 @@ def make_loss(task, name, num_classes, label_smoothing=0.0):
     def ce(logits, y):  # logits (B, 1 or C, H, W), y (B, H, W) class indices
         return F.binary_cross_entropy_with_logits(logits[:, 0], y.float()) if binary else F.cross_entropy(logits, y)
 
-    parts = {"dice": smp.losses.DiceLoss(mode, from_logits=True), "bce": ce, "focal": smp.losses.FocalLoss(mode)}
+    from segmentation_models_pytorch import losses  # imported here for the reason in models.py
+
+    parts = {"dice": losses.DiceLoss(mode, from_logits=True), "bce": ce, "focal": losses.FocalLoss(mode)}
     chosen = [parts[n] for n in (("dice", "bce") if name == "dice_bce" else (name,))]
     return lambda logits, y: sum(fn(logits, y) for fn in chosen)
 
@@ -111,6 +131,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, *, task, num_classes, dev
     model.train()
     total, n, stats = 0.0, 0, None
     for images, y in tqdm(loader, desc="train", leave=False, disable=None):
+        stop_point()
         x, y = data.augment(data.to_float(images), y, augment, generator)
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -139,6 +160,7 @@ def evaluate(model, loader, loss_fn, *, task, num_classes, device, amp=False):
     total, n, stats = 0.0, 0, None
     with torch.inference_mode():
         for images, y in loader:
+            stop_point()
             x, y = data.to_float(images).to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float()
@@ -278,8 +300,8 @@ def seed_everything(seed):
 
 
 def main():
-    # SIGTERM (dvc queue kill, schedulers) unwinds like Ctrl-C, so the MLflow run is closed as KILLED.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
     p = params.load()
     files.require("train")
     tp, mp = p["train"], p["mlflow"]
@@ -369,6 +391,7 @@ def main():
                    **{f"best_val/{k}": v for k, v in ev["val"].items()},
                    **{f"test/{k}": v for k, v in ev["test"].items()}}
 
+        stop_point()
         model.cpu().eval()
         images, targets = splits["test"][0][:6], splits["test"][1][:6]
         with torch.inference_mode():
@@ -386,6 +409,7 @@ def main():
 
         run_ref = {"enabled": False}
         if run:
+            stop_point()
             mlflow.log_metrics(metrics)
             for path, folder in ((CHECKPOINT, "checkpoint"), (HISTORY, "history"), (METRICS, "metrics"),
                                  ("params.yaml", "config"), (str(PREPARED / "dataset.json"), "config"),
@@ -402,6 +426,9 @@ def main():
             run_ref = {"enabled": True, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                        "model_uri": logged.model_uri}
         files.write_json(RUN_FILE, run_ref)
+    # A signal during the last writes: they completed, but whoever sent it (dvc queue kill, a scheduler) wants
+    # the pipeline stopped, so exit as stopped instead of letting DVC go on to the next stage.
+    stop_point("it came as train finished: outputs and MLflow run are complete")
     print(f"train: best epoch {best_epoch}/{len(history)}, val/{metric} {metrics[f'best_val/{metric}']:.4f}, "
           f"test/{metric} {metrics[f'test/{metric}']:.4f} -> {CHECKPOINT}, {METRICS}")
 
@@ -411,3 +438,6 @@ if __name__ == "__main__":
         main()
     except (ValueError, ConnectionError, FileNotFoundError) as e:
         sys.exit(f"train: {type(e).__name__}: {e}")
+    except KeyboardInterrupt as e:
+        print(f"train: stopped: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(128 + signal.Signals[STOP["signal"] or "SIGINT"])  # the shell's code for death by that signal
