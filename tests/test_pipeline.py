@@ -278,20 +278,16 @@ def queue_processes(project, kind):
             if kind in " ".join(p.info["cmdline"] or ()) and str(project) in (p.info["cwd"] or "")]
 
 
-def test_queue_one_worker_a_killed_worker_and_two_workers_lose_no_run(pipeline):
+def test_queue_one_worker_killed_and_recovered_then_two_workers_lose_no_run(pipeline):
     task, project, _ = pipeline
     before = {r.info.run_id for r in runs(project)}
 
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.002")
-    queue_start(project)  # one worker
-    assert "Success" in queue_settled(project)
-
-    # A worker SIGKILLed (OOM killer, a closed session) while its experiment trains; the experiment's own
-    # process lives on without it. Then the recovery the generated README gives, step by step.
-    # Still training whenever the worker gets killed, however long starting it takes.
+    # One worker, SIGKILLed (OOM killer, a closed session) while its experiment trains (1000 epochs: still
+    # training however long the worker takes to start); the experiment's own process lives on without it.
+    # Then the recovery the generated README gives, step by step.
     sh(project, "dvc", "exp", "run", "--queue", "-n", "cut", "-S", "lr=0.003", "-S", "train.epochs=1000",
        "-S", "train.early_stopping_patience=0")
-    queue_start(project)
+    queue_start(project)  # one worker
     deadline = time.monotonic() + 300
     while not [r for r in runs(project) if r.info.status == "RUNNING"]:
         assert time.monotonic() < deadline, sh(project, "dvc", "queue", "logs", "cut")
@@ -314,10 +310,10 @@ def test_queue_one_worker_a_killed_worker_and_two_workers_lose_no_run(pipeline):
 
     new = [r for r in runs(project) if r.info.run_id not in before]
     assert sorted((r.data.params["lr"], r.info.status) for r in new) == [
-        ("0.002", "FINISHED"), ("0.003", "FINISHED"), ("0.003", "KILLED"), ("0.004", "FINISHED")]
+        ("0.003", "FINISHED"), ("0.003", "KILLED"), ("0.004", "FINISHED")]
     finished = [r for r in new if r.info.status == "FINISHED"]
     assert all(r.data.tags.get("registry_version") for r in finished)
-    assert len({r.data.tags["dvc_exp_name"] for r in finished}) == 3
+    assert len({r.data.tags["dvc_exp_name"] for r in finished}) == 2
     assert all(r.info.artifact_uri.startswith((project / "mlruns").as_uri()) for r in new)
     assert all(r.data.tags["dvc_exp_name"] in sh(project, "dvc", "exp", "ls") for r in finished)
 
