@@ -300,8 +300,6 @@ def seed_everything(seed):
 
 
 def main():
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, request_stop)
     p = params.load()
     files.require("train")
     tp, mp = p["train"], p["mlflow"]
@@ -434,6 +432,9 @@ def main():
 
 
 if __name__ == "__main__":
+    # Here, not in main(): a process of its own defers signals; callers in-process keep their own handlers.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
     try:
         main()
     except (ValueError, ConnectionError, FileNotFoundError) as e:
