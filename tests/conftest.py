@@ -1,6 +1,7 @@
 """Bake the template the way users do, and give tests an environment in which the baked project runs."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +26,16 @@ TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs
 def bake(output_dir, **context):
     """Generate a project with the given answers (the rest default); returns its directory."""
     return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
+
+
+STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
+
+
+def sh(project, *cmd, ok=True):
+    """Run a command of the baked project (dvc, mlflow, git, ...); assert it succeeded (or failed, ok=False)."""
+    result = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True)
+    assert (result.returncode == 0) == ok, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
 
 
 def project_env(project, **extra):

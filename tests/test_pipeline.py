@@ -16,16 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY, bake, project_env
-
-STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
-
-
-
-def sh(project, *cmd, ok=True):
-    result = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True)
-    assert (result.returncode == 0) == ok, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
+from conftest import STAGES, TINY, bake, project_env, sh
 
 
 def versions(project):
