@@ -1,5 +1,6 @@
 """Bake over the option matrix and check what comes out, file by file."""
 
+import ast
 import re
 import shutil
 import subprocess
@@ -15,9 +16,9 @@ from conftest import BIN, TEMPLATE, bake
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
-    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "report",
-                                      "tracking", "prepare", "train", "analyze", "optimize", "robustness",
-                                      "register", "compare")),
+    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "names", "paths", "data", "files", "measure", "models", "params",
+                                      "plots", "report", "runtime", "stage", "task", "tracking", "prepare", "train",
+                                      "analyze", "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
                                 "test_optimize", "test_robustness", "test_register")),
 }
@@ -86,29 +87,63 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])
 
 
+def package_imports(src, package, module):
+    """Our modules that `module` imports (`from pkg import a, b`, `from pkg.a import x`, `import pkg.a`)."""
+    found = set()
+    for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+            found |= {node.module.split(".")[1]} if "." in node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package}.")}
+    return found
+
+
 def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
     # The classic template bug: a stage importing a shared module that isn't in its deps (no rerun when it
     # changes); the opposite, a module it doesn't use, reruns it for nothing.
     _, project = case
     package = project.name.replace("-", "_")
     src = project / "src" / package
-
-    def imports(module):  # our modules that `module` imports: `from pkg import a, b` or `from pkg.a import x`
-        found = set()
-        for line in (src / f"{module}.py").read_text().splitlines():
-            if m := re.match(rf"from {package}(?:\.(\w+))? import (.+)", line):
-                found |= {m[1]} if m[1] else set(m[2].replace(" ", "").split(","))
-        return found
-
     for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
         assert stage["cmd"] == f"python -m {package}.{name}"
         needed, todo = {name}, [name]
         while todo:
-            for m in imports(todo.pop()) - needed:
+            for m in package_imports(src, package, todo.pop()) - needed:
                 needed.add(m)
                 todo.append(m)
         code_deps = {d for d in stage["deps"] if d.startswith("src/")}
         assert code_deps == {f"src/{package}/{m}.py" for m in needed}, name
+
+
+def test_one_floor_of_stages_over_one_floor_of_library(case):
+    # A stage never imports another stage (or compare); what two stages share lives in the library.
+    _, project = case
+    package = project.name.replace("-", "_")
+    src = project / "src" / package
+    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare"}
+    for module in (p.stem for p in src.glob("*.py")):
+        imported_stages = package_imports(src, package, module) & stages
+        assert not imported_stages, f"{module} imports the stage module(s) {imported_stages}"
+
+
+def test_paths_are_written_once(case):
+    # dvc.yaml declares every path the stages use (paths.py), and no module spells a path of its own.
+    _, project = case
+    package = project.name.replace("-", "_")
+    src = project / "src" / package
+    dvc = (project / "dvc.yaml").read_text()
+    tree = ast.parse((src / "paths.py").read_text())
+    declared = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and "/" in n.value and " " not in n.value]
+    for path in declared:
+        if "{" not in path and path != "reports/compare":  # compare's output is not a pipeline output
+            assert path in dvc, f"{path} (paths.py) is not declared in dvc.yaml"
+    literal = re.compile(r"""["'](data|models|metrics|plots|reports)/[\w./-]*["']""")
+    for module in src.glob("*.py"):
+        if module.name != "paths.py":
+            code = "\n".join(line for line in module.read_text().splitlines() if not line.strip().startswith(
+                ("#", '"""')) and ">>>" not in line)
+            assert not literal.search(code), f"{module.name} spells a path: {literal.search(code)[0]}"
 
 
 def test_generated_ci_workflow_uses_what_the_project_has(case):

@@ -222,15 +222,18 @@ def test_tampered_artifact_is_not_registered(pipeline):
 
 
 def test_mlflow_project_experiment_is_one_run_in_a_temp_copy(pipeline):
-    # `mlflow run -e experiment` = `dvc exp run --temp -S lr=... -S train.epochs=...`: the run MLflow Projects
+    # `mlflow run -e experiment -P set=lr=...` = `dvc exp run --temp -S lr=...`: the run MLflow Projects
     # opens is the one train logs into and the later stages follow, registration included, although DVC runs
     # the stages in a copy under .dvc/tmp/exps that it deletes afterwards.
     _, project, _ = pipeline
-    sh(project, "mlflow", "run", ".", "-e", "experiment", "-P", "lr=0.0123", "-P", "epochs=2", "--env-manager",
+    sh(project, "mlflow", "run", ".", "-e", "experiment", "-P", "set=lr=0.0123", "--env-manager",
        "local", "--experiment-name", project.name)
     run = runs(project)[-1]
     assert run.data.tags["mlflow.project.entryPoint"] == "experiment" and run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.0123" and run.data.tags.get("dvc_exp_name")
+    # MLproject has no defaults of its own: what `set` doesn't name comes from params.yaml (2 tiny epochs here).
+    assert run.data.params["train.epochs"] == str(yaml.safe_load((project / "params.yaml").read_text())["train"][
+        "epochs"])
     assert "robustness/score" in run.data.metrics and run.data.tags["registry_version"] == "2"
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
     assert mlflow.MlflowClient().list_artifacts(run.info.run_id, "checkpoint")

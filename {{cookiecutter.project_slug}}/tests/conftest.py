@@ -1,5 +1,6 @@
 """A scratch copy of this project with tiny params, for tests that run the stages themselves."""
 
+import socket
 from pathlib import Path
 
 import mlflow
@@ -52,3 +53,11 @@ def runs():
         mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
         return mlflow.search_runs(search_all_experiments=True, output_format="list")
     return search
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

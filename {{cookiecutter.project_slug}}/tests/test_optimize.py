@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import models, optimize
+from {{ cookiecutter.package_name }} import measure, models, optimize, runtime
 
 
 def test_global_pruning_reaches_the_asked_sparsity_and_keeps_the_original():
@@ -19,7 +19,7 @@ def test_global_pruning_reaches_the_asked_sparsity_and_keeps_the_original():
 
 
 def test_pairwise_speedup_is_the_median_of_round_ratios():
-    assert optimize.pairwise_speedup([10, 20, 30], [5, 5, 30]) == 2.0  # ratios 2, 4, 1
+    assert measure.pairwise_speedup([10, 20, 30], [5, 5, 30]) == 2.0  # ratios 2, 4, 1
 
 
 def test_choose_the_fastest_variant_within_the_quality_floor():
@@ -33,7 +33,7 @@ def test_choose_the_fastest_variant_within_the_quality_floor():
 
 def test_interleaved_latency_reports_every_variant():
     fns = {"fp32": lambda x: x * 2, "other": lambda x: x + 1}
-    out = optimize.interleaved_latency(fns, torch.rand(2, 3), warmup=1, rounds=9)
+    out = measure.interleaved_latency(fns, torch.rand(2, 3), warmup=1, rounds=9)
     assert set(out) == {"fp32", "other"} and out["fp32"]["speedup"] == 1.0 and out["other"]["runs"] == 9
 
 
@@ -55,8 +55,8 @@ def test_int8_onnx_keeps_shapes_and_predictions(unet, tmp_path):
     calibration = [torch.rand(8, 3, 32, 32).numpy() for _ in range(4)]
     optimize.quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
     x = torch.rand(3, 3, 32, 32)  # a batch size not seen at export: the batch dimension is dynamic
-    fp32 = optimize.ort_session(tmp_path / "fp32.onnx", 1)(x)
-    int8 = optimize.ort_session(tmp_path / "int8.onnx", 1)(x)
+    fp32 = runtime.ort_session(tmp_path / "fp32.onnx", 1)(x)
+    int8 = runtime.ort_session(tmp_path / "int8.onnx", 1)(x)
     with torch.inference_mode():
         eager = unet(x)
     assert fp32.shape == int8.shape == eager.shape == (3, 1, 32, 32)

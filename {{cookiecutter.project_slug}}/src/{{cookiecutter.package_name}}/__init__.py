@@ -1,1 +1,1 @@
-"""{{ cookiecutter.project_name }}: a DVC pipeline of PyTorch stages tracked in MLflow. Stages: prepare, train."""
+"""A DVC pipeline of PyTorch stages tracked in MLflow: prepare, train, analyze, optimize, robustness, register."""

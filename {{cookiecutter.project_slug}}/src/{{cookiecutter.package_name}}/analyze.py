@@ -9,21 +9,19 @@ the same metrics and files into the pipeline's MLflow run.
 
 import csv
 import io
-import signal
-import sys
-from pathlib import Path
 
 import mlflow
 import torch
 
-from {{ cookiecutter.package_name }} import files, measure, models, params, report, tracking
-
-CHECKPOINT = Path("models/model.safetensors")
-RUN_FILE = "metrics/mlflow.json"
-METRICS = "metrics/analyze.json"
-REPORT = "reports/analyze.json"
-HTML = "reports/analyze.html"
-LAYERS = "reports/analyze_layers.csv"
+from {{ cookiecutter.package_name }} import (
+    files,
+    measure,
+    models,
+    paths,
+    report,
+    stage,
+    tracking,
+)
 
 
 def analyze(model, input_shape, batch_size, warmup, runs):
@@ -69,41 +67,36 @@ def render_html(summary, metrics, rows):
 
 
 def main():
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
-    p = params.load()
-    files.require("analyze")
+    p = stage.begin("analyze")
     ap = p["analyze"]
     if ap.get("threads"):
         torch.set_num_threads(ap["threads"])
-    model, _ = models.load_checkpoint(CHECKPOINT)
-    input_shape = models.checkpoint_info(CHECKPOINT)["input_shape"]
-    with tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run:
+    model, _ = models.load_checkpoint(paths.CHECKPOINT)
+    input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
+    with tracking.pipeline_run(p["mlflow"]) as run:
         summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
-        metrics = metrics_of(summary, CHECKPOINT.stat().st_size)
-        files.write_json(REPORT, {"summary": summary, "metrics": metrics, "layers": rows})
-        with files.atomic_path(HTML) as tmp:
+        metrics = metrics_of(summary, paths.CHECKPOINT.stat().st_size)
+        files.write_json(paths.ANALYZE_REPORT, {"summary": summary, "metrics": metrics, "layers": rows})
+        with files.atomic_path(paths.ANALYZE_HTML) as tmp:
             tmp.write_text(render_html(summary, metrics, rows))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["name", "type", "params", "output_shape", "flops"])
         writer.writeheader()
         writer.writerows(rows)
-        with files.atomic_path(LAYERS) as tmp:
+        with files.atomic_path(paths.ANALYZE_LAYERS) as tmp:
             tmp.write_text(buf.getvalue())
-        files.write_json(METRICS, metrics)
+        files.write_json(paths.metrics("analyze"), metrics)
         if run:
             mlflow.log_metrics({f"analyze/{k}": v for k, v in metrics.items()})
             mlflow.set_tags({"family": summary["family"], "analyze.cpu": summary["protocol"]["cpu"],
                              "analyze.threads": str(summary["protocol"]["threads"])})
-            for path in (REPORT, HTML, LAYERS):
-                mlflow.log_artifact(path, "analyze")
+            for path in (paths.ANALYZE_REPORT, paths.ANALYZE_HTML, paths.ANALYZE_LAYERS):
+                mlflow.log_artifact(str(path), "analyze")
     b1 = summary["latency"]["batch_1"]
     print(f"analyze: {summary['family']} {metrics['params/total']:,} params, {summary['macs'] / 1e9:.3f} GMACs, "
           f"batch-1 p50 {b1['p50_ms']:.2f} ms (p90 {b1['p90_ms']:.2f}) on {summary['protocol']['threads']} "
-          f"threads -> {METRICS}, {HTML}")
+          f"threads -> {paths.metrics('analyze')}, {paths.ANALYZE_HTML}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, ConnectionError, FileNotFoundError) as e:
-        sys.exit(f"analyze: {type(e).__name__}: {e}")
+    stage.run("analyze", main)

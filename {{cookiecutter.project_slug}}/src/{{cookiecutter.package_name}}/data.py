@@ -226,6 +226,14 @@ def to_float(images):
     return images.float().div_(255)
 
 
+def batches(images, targets, batch_size):
+    """(float32 (B, 3, H, W) in [0, 1], targets) batches, in order, of uint8 images (N, 3, H, W) or of float
+    images already in [0, 1] (adversarial or corrupted copies)."""
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        yield (to_float(x) if x.dtype == torch.uint8 else x), targets[i:i + batch_size]
+
+
 def augment(x, y, cfg, generator):
     """Random flips, 90-degree rotations and brightness on a float batch x (B, 3, H, W) and, for
     segmentation, its masks y (B, H, W), drawn per sample from `generator`."""

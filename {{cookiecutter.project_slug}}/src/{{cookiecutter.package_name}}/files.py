@@ -17,7 +17,7 @@ def atomic_path(path, directory=False):
     """Yield a temporary path next to `path`; on success it replaces `path`, on error it is deleted.
     directory=True yields an empty directory to fill.
 
-        with atomic_path("metrics/train.json") as tmp:
+        with atomic_path("results.json") as tmp:
             tmp.write_text("{}")
     """
     path = Path(path)
@@ -38,6 +38,14 @@ def atomic_path(path, directory=False):
 def write_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class IntegrityError(ValueError):
+    """A file differs from the hash recorded when it was checked."""
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
 
 
 def sha256(path):

@@ -120,6 +120,28 @@ def model_latency(model, x, warmup, runs):
         return latency_stats(latency_samples(lambda: model(x), warmup, runs), x.shape[0])
 
 
+def interleaved_latency(fns, x, warmup, rounds, baseline="fp32"):
+    """Time every fn(x) once per round, the order rotating each round so no variant always runs first.
+    Returns {name: latency stats + speedup (median of per-round baseline / variant ratios)}."""
+    names = list(fns)
+    with torch.inference_mode():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn(x)
+        times = {n: [] for n in names}
+        for r in range(rounds):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter_ns()
+                fns[n](x)
+                times[n].append((time.perf_counter_ns() - start) / 1e9)
+    return {n: {**latency_stats(times[n], x.shape[0]), "speedup": pairwise_speedup(times[baseline], times[n])}
+            for n in names}
+
+
+def pairwise_speedup(baseline, variant):
+    return statistics.median(b / v for b, v in zip(baseline, variant, strict=True))
+
+
 def environment():
     """What a latency figure depends on, recorded beside it."""
     cpu, flags = platform.processor() or platform.machine(), []

@@ -16,6 +16,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from {{ cookiecutter.package_name }} import names
+
 
 # The model libraries are imported when a model is built, not with this module: smp pulls in timm and
 # torchvision (~4 s here, `python -X importtime`), which stages that never build a segmentation model
@@ -32,18 +34,9 @@ def _torchvision(name, **kwargs):
     return torchvision.models.get_model(name, **kwargs)
 
 
-# DPT is left out: it needs a timm ViT encoder ("tu-...") that the rest of ENCODERS doesn't provide.
-SEGMENTATION = {name: functools.partial(_smp, name) for name in (
-    "Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN", "UPerNet",
-    "Segformer",
-)}
-# Encoders the project tests; any name from smp.encoders.get_encoder_names() can be added.
-ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0", "mobileone_s0",
-            "densenet121", "vgg11_bn")
-CLASSIFICATION = {name: functools.partial(_torchvision, name) for name in (
-    "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    "densenet121", "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_y_400mf",
-)}
+SEGMENTATION = {name: functools.partial(_smp, name) for name in names.SEGMENTATION_ARCHITECTURES}
+ENCODERS = names.ENCODERS
+CLASSIFICATION = {name: functools.partial(_torchvision, name) for name in names.CLASSIFICATION_ARCHITECTURES}
 
 
 class Normalized(nn.Module):
@@ -103,6 +96,17 @@ def build_model(task, architecture, encoder, num_classes, mean, std, pretrained=
     return Normalized(net, mean, std)
 
 
+def for_data(cfg, info):
+    """(model, constructor arguments) from params' train.model section and the prepared data's description
+    (task, classes, normalisation, image size), checked against that size."""
+    model_args = {"task": info["task"], "architecture": cfg["architecture"], "num_classes": info["num_classes"],
+                  "encoder": cfg["encoder"] if info["task"] == "segmentation" else None,
+                  "mean": info["mean"], "std": info["std"]}
+    model = build_model(**model_args, pretrained=cfg["pretrained"])
+    check_input_size(model, info["image_size"], f"{model_args['architecture']}/{model_args['encoder']}")
+    return model, model_args
+
+
 def check_input_size(model, size, name):
     """Fail early, and clearly, for architectures that cannot take size x size inputs (PAN at 64, ...)."""
     was_training = model.training
@@ -130,6 +134,10 @@ def validate_input(x, input_shape):
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"input values span [{x.min():.3g}, {x.max():.3g}]: expected [0, 1] (uint8 images: / 255)")
     return x
+
+
+def parameter_count(model):
+    return sum(t.numel() for t in model.parameters())
 
 
 def save_checkpoint(path, model, model_args, **info):

@@ -15,35 +15,28 @@ reports/optimize.{json,md}, plots/optimize/pareto.png; logs the same into the pi
 
 import copy
 import gzip
-import signal
-import statistics
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import matplotlib
 import mlflow
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from {{ cookiecutter.package_name }} import data, files, measure, models, params, tracking
-from {{ cookiecutter.package_name }}.train import add_stats, batch_stats, predict, primary_metric, scores
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-CHECKPOINT = Path("models/model.safetensors")
-PREPARED = Path("data/prepared")
-RUN_FILE = "metrics/mlflow.json"
-DEPLOY_DIR = "models/deployable"
-METRICS = "metrics/optimize.json"
-REPORT = "reports/optimize.json"
-TABLE = "reports/optimize.md"
-PARETO = "plots/optimize/pareto.png"
-
+from {{ cookiecutter.package_name }} import (
+    data,
+    files,
+    measure,
+    models,
+    paths,
+    plots,
+    report,
+    runtime,
+    stage,
+    task,
+    tracking,
+)
 
 # --- variants -----------------------------------------------------------------------------------------------
 
@@ -77,18 +70,6 @@ def quantize_onnx(fp32_path, int8_path, calibration):
     pre.unlink()
 
 
-def ort_session(path, threads):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # ORT's worker threads spin by default and steal the cores from PyTorch timed in the same process.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-
-
 def prune_global(model, amount):
     """A copy of `model` with the `amount` smallest-magnitude conv / linear weights (over all layers at once)
     set to zero. Returns (model, sparsity reached over those weights)."""
@@ -108,40 +89,6 @@ def file_sizes(path):
 
 # --- measurements -------------------------------------------------------------------------------------------
 
-def interleaved_latency(fns, x, warmup, rounds, baseline="fp32"):
-    """Time every fn(x) once per round, the order rotating each round so no variant always runs first.
-    Returns {name: latency stats + speedup (median of per-round baseline / variant ratios)}."""
-    names = list(fns)
-    with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn(x)
-        times = {n: [] for n in names}
-        for r in range(rounds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                start = time.perf_counter_ns()
-                fns[n](x)
-                times[n].append((time.perf_counter_ns() - start) / 1e9)
-    return {n: {**measure.latency_stats(times[n], x.shape[0]), "speedup": pairwise_speedup(times[baseline], times[n])}
-            for n in names}
-
-
-def pairwise_speedup(baseline, variant):
-    return statistics.median(b / v for b, v in zip(baseline, variant, strict=True))
-
-
-def evaluate_variant(fn, images, targets, task, num_classes, batch_size):
-    """(quality scores, predictions) of fn on uint8 images (N, 3, H, W)."""
-    stats, preds = None, []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            logits = fn(data.to_float(images[i:i + batch_size])).float()
-            y = targets[i:i + batch_size]
-            stats = add_stats(stats, batch_stats(logits, y, task, num_classes))
-            preds.append(predict(logits, task, num_classes))
-    return scores(task, stats), torch.cat(preds)
-
-
 def choose(table, metric, min_quality_ratio):
     """The fastest variant (batch-1 p50) whose quality is at least min_quality_ratio x fp32's."""
     floor = min_quality_ratio * table["fp32"][metric]
@@ -149,134 +96,128 @@ def choose(table, metric, min_quality_ratio):
     return min(eligible, key=lambda n: eligible[n]["latency_batch_1"]["p50_ms"])
 
 
-def pareto_plot(table, metric, path):
-    fig, ax = plt.subplots(figsize=(6, 4))
+def table_rows(table, metric, chosen):
+    """The variants table as rows for report.markdown / report.rows_table."""
+    return [{"variant": f"{n}{' (deployable)' if n == chosen else ''}", "size MB": v["size_mb"],
+             "gzip MB": v["gzip_mb"], "size change": f"{v['size_change']:+.1%}",
+             "b1 p50 ms": v["latency_batch_1"]["p50_ms"], "b1 speedup": f"{v['latency_batch_1']['speedup']:.2f}x",
+             "bN p50 ms": v["latency_batch_n"]["p50_ms"], "bN speedup": f"{v['latency_batch_n']['speedup']:.2f}x",
+             metric: v[metric], "change": f"{v[metric + '_change']:+.4f}", "agreement": v["agreement"]}
+            for n, v in table.items()]
+
+
+def build_variants(model, model_args, input_shape, op, seed, train_images, tmp):
+    """{name: (callable, file it would ship as)} and notes on what was not measured or how to read a variant."""
+    variants, notes = {"fp32": (model, paths.CHECKPOINT)}, {}
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        notes["int8_onnxruntime"] = "not measured: onnxruntime is not installed (pip install onnxruntime)"
+        onnxruntime = None
+    threads = torch.get_num_threads()
+    if onnxruntime is not None:
+        export_onnx(model, input_shape, tmp / "fp32.onnx")
+        variants["fp32_onnxruntime"] = (runtime.ort_session(tmp / "fp32.onnx", threads), tmp / "fp32.onnx")
+        if op["quantization"]["enabled"]:
+            q = op["quantization"]
+            pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
+            calibration = [data.to_float(train_images[i]).numpy() for i in pick[:q["calibration_images"]].split(
+                q["calibration_batch_size"])]  # float32 (B, 3, H, W) batches
+            quantize_onnx(tmp / "fp32.onnx", tmp / "int8.onnx", calibration)
+            variants["int8_onnxruntime"] = (runtime.ort_session(tmp / "int8.onnx", threads), tmp / "int8.onnx")
+    if op["pruning"]["enabled"]:
+        pruned, sparsity = prune_global(model, op["pruning"]["amount"])
+        models.save_checkpoint(tmp / "pruned.safetensors", pruned, model_args, input_shape=input_shape)
+        variants["pruned"] = (pruned, tmp / "pruned.safetensors")
+        notes["pruned"] = (f"sparsity {sparsity:.3f} of conv/linear weights; stored dense, so size and dense-kernel "
+                           "latency barely change: gains need sparse kernels or structured pruning")
+    return variants, notes
+
+
+def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
+    """{name: sizes, test quality, latency at batch 1 and N (interleaved), agreement with fp32's predictions}."""
+    fns = {name: fn for name, (fn, _) in variants.items()}
+    b1 = measure.interleaved_latency(fns, torch.rand(1, *input_shape), lat["warmup"], lat["runs"])
+    bn = measure.interleaved_latency(fns, torch.rand(lat["batch_size"], *input_shape), lat["warmup"], lat["runs"])
+    metric, table, fp32_size, fp32_preds = task.primary_metric(task_name), {}, None, None
+    for name, (fn, path) in variants.items():
+        out = task.evaluate(fn, data.batches(*test, lat["batch_size"]), task_name, num_classes, keep_predictions=True)
+        fp32_preds = out["predictions"] if fp32_preds is None else fp32_preds  # fp32 comes first
+        sizes = file_sizes(path)
+        fp32_size = fp32_size or sizes["size_mb"]
+        table[name] = {**sizes, **task.scores(task_name, task.reduce(out["stats"])), "latency_batch_1": b1[name],
+                       "latency_batch_n": bn[name], "size_change": sizes["size_mb"] / fp32_size - 1,
+                       "agreement": (out["predictions"] == fp32_preds).double().mean().item()}
+    for v in table.values():
+        v[f"{metric}_change"] = v[metric] - table["fp32"][metric]
+    return table
+
+
+def flat_metrics(table, chosen, metric):
+    """metrics/optimize.json: the deployable's headline figures, then each variant's."""
+    metrics = {"deployable/speedup_batch_1": table[chosen]["latency_batch_1"]["speedup"],
+               "deployable/size_change": table[chosen]["size_change"],
+               f"deployable/{metric}_change": table[chosen][f"{metric}_change"]}
     for name, v in table.items():
-        ax.scatter(v["latency_batch_1"]["p50_ms"], v[metric], s=30 + 4 * v["size_mb"])
-        ax.annotate(f"{name} ({v['size_mb']:.1f} MB)", (v["latency_batch_1"]["p50_ms"], v[metric]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel="batch-1 latency p50 (ms)", ylabel=f"test {metric}", title="Variants: latency vs quality")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        metrics.update({f"{name}/size_mb": v["size_mb"], f"{name}/gzip_mb": v["gzip_mb"],
+                        f"{name}/p50_ms_batch_1": v["latency_batch_1"]["p50_ms"],
+                        f"{name}/p90_ms_batch_1": v["latency_batch_1"]["p90_ms"],
+                        f"{name}/speedup_batch_1": v["latency_batch_1"]["speedup"],
+                        f"{name}/p50_ms_batch_n": v["latency_batch_n"]["p50_ms"],
+                        f"{name}/speedup_batch_n": v["latency_batch_n"]["speedup"],
+                        f"{name}/{metric}": v[metric], f"{name}/agreement": v["agreement"]})
+    return metrics
 
 
-def markdown_table(table, metric, chosen):
-    head = (f"| variant | size MB | gzip MB | size change | b1 p50 ms | b1 speedup | bN p50 ms | bN speedup | "
-            f"{metric} | change | agreement |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-    rows = "".join(
-        f"| {n}{' (deployable)' if n == chosen else ''} | {v['size_mb']:.2f} | {v['gzip_mb']:.2f} | "
-        f"{v['size_change']:+.1%} | {v['latency_batch_1']['p50_ms']:.2f} | {v['latency_batch_1']['speedup']:.2f}x | "
-        f"{v['latency_batch_n']['p50_ms']:.2f} | {v['latency_batch_n']['speedup']:.2f}x | {v[metric]:.4f} | "
-        f"{v[metric + '_change']:+.4f} | {v['agreement']:.4f} |\n" for n, v in table.items())
-    return head + rows
+def write_deployable(source, chosen, table, metric, input_shape, model_args):
+    with files.atomic_path(paths.DEPLOY_DIR, directory=True) as out:
+        target = out / ("model.onnx" if source.suffix == ".onnx" else "model.safetensors")
+        target.write_bytes(source.read_bytes())
+        files.write_json(out / paths.DEPLOY_INFO.name, {
+            "variant": chosen, "file": target.name, "input_shape": input_shape, "model_args": model_args,
+            "runtime": "onnxruntime" if target.suffix == ".onnx" else "pytorch",
+            metric: table[chosen][metric], "p50_ms_batch_1": table[chosen]["latency_batch_1"]["p50_ms"]})
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
 
 def main():
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
-    p = params.load()
-    files.require("optimize")
-    op = p["optimize"]
-    threads = torch.get_num_threads()
-    model, model_args = models.load_checkpoint(CHECKPOINT)
-    input_shape = models.checkpoint_info(CHECKPOINT)["input_shape"]
-    task, num_classes = model_args["task"], model_args["num_classes"]
-    metric = primary_metric(task)
-    test_x, test_y = data.load_split(PREPARED / "test.npz")
-    train_x, _ = data.load_split(PREPARED / "train.npz")
-
-    with (tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run,
-          tempfile.TemporaryDirectory() as tmp):
-        tmp = Path(tmp)
-        fns, sizes, artifacts, notes = {}, {}, {}, {}
-
-        def add(name, fn, path):  # a variant: how to run it and the file it would ship as
-            fns[name], sizes[name], artifacts[name] = fn, file_sizes(path), path
-
-        add("fp32", model, CHECKPOINT)
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            onnxruntime = None
-            notes["int8_onnxruntime"] = "not measured: onnxruntime is not installed (pip install onnxruntime)"
-        if onnxruntime is not None:
-            export_onnx(model, input_shape, tmp / "fp32.onnx")
-            add("fp32_onnxruntime", ort_session(tmp / "fp32.onnx", threads), tmp / "fp32.onnx")
-            if op["quantization"]["enabled"]:
-                g = torch.Generator().manual_seed(p["seed"])
-                pick = torch.randperm(len(train_x), generator=g)[:op["quantization"]["calibration_images"]]
-                calibration = [data.to_float(train_x[pick[i:i + 8]]).numpy() for i in range(0, len(pick), 8)]
-                quantize_onnx(tmp / "fp32.onnx", tmp / "int8.onnx", calibration)
-                add("int8_onnxruntime", ort_session(tmp / "int8.onnx", threads), tmp / "int8.onnx")
-        if op["pruning"]["enabled"]:
-            pruned, sparsity = prune_global(model, op["pruning"]["amount"])
-            models.save_checkpoint(tmp / "pruned.safetensors", pruned, model_args, input_shape=input_shape)
-            add("pruned", pruned, tmp / "pruned.safetensors")
-            notes["pruned"] = (f"sparsity {sparsity:.3f} of conv/linear weights; stored dense, so size and "
-                               "dense-kernel latency barely change: gains need sparse kernels or structured pruning")
-
-        lat = op["latency"]
-        b1 = interleaved_latency(fns, torch.rand(1, *input_shape), lat["warmup"], lat["runs"])
-        bn = interleaved_latency(fns, torch.rand(lat["batch_size"], *input_shape), lat["warmup"], lat["runs"])
-        table = {}
-        _, fp32_preds = evaluate_variant(model, test_x, test_y, task, num_classes, lat["batch_size"])
-        for name, fn in fns.items():
-            quality, preds = evaluate_variant(fn, test_x, test_y, task, num_classes, lat["batch_size"])
-            table[name] = {**sizes[name], **quality, "latency_batch_1": b1[name], "latency_batch_n": bn[name],
-                           "size_change": sizes[name]["size_mb"] / sizes["fp32"]["size_mb"] - 1,
-                           "agreement": (preds == fp32_preds).double().mean().item()}
-            if name == "pruned":
-                table[name]["sparsity"] = sparsity
-        for v in table.values():
-            v[f"{metric}_change"] = v[metric] - table["fp32"][metric]
+    p = stage.begin("optimize")
+    op, lat = p["optimize"], p["optimize"]["latency"]
+    model, model_args = models.load_checkpoint(paths.CHECKPOINT)
+    input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
+    task_name, num_classes = model_args["task"], model_args["num_classes"]
+    metric = task.primary_metric(task_name)
+    with tracking.pipeline_run(p["mlflow"]) as run, tempfile.TemporaryDirectory() as tmp:
+        variants, notes = build_variants(model, model_args, input_shape, op, p["seed"],
+                                         data.load_split(paths.split("train"))[0], Path(tmp))
+        table = measure_variants(variants, input_shape, lat, data.load_split(paths.split("test")), task_name,
+                                 num_classes)
         chosen = choose(table, metric, op["select"]["min_quality_ratio"])
-
-        metrics = {"deployable/speedup_batch_1": table[chosen]["latency_batch_1"]["speedup"],
-                   "deployable/size_change": table[chosen]["size_change"],
-                   f"deployable/{metric}_change": table[chosen][f"{metric}_change"]}
-        for name, v in table.items():
-            metrics.update({f"{name}/size_mb": v["size_mb"], f"{name}/gzip_mb": v["gzip_mb"],
-                            f"{name}/p50_ms_batch_1": v["latency_batch_1"]["p50_ms"],
-                            f"{name}/p90_ms_batch_1": v["latency_batch_1"]["p90_ms"],
-                            f"{name}/speedup_batch_1": v["latency_batch_1"]["speedup"],
-                            f"{name}/p50_ms_batch_n": v["latency_batch_n"]["p50_ms"],
-                            f"{name}/speedup_batch_n": v["latency_batch_n"]["speedup"],
-                            f"{name}/{metric}": v[metric], f"{name}/agreement": v["agreement"]})
+        metrics = flat_metrics(table, chosen, metric)
         protocol = {"latency": "interleaved in one process, order rotated each round; speedup = median of "
                                "per-round fp32 / variant ratios", "batch_n": lat["batch_size"],
                     "warmup": lat["warmup"], "runs": lat["runs"], "quality_split": "test",
                     "selection": f"fastest batch-1 p50 with {metric} >= {op['select']['min_quality_ratio']} x fp32",
                     "quantization": "onnxruntime quantize_static, QDQ, uint8 activations, int8 per-channel weights, "
                                     "MinMax calibration", **measure.environment()}
-
-        with files.atomic_path(DEPLOY_DIR, directory=True) as out:
-            source = Path(artifacts[chosen])
-            target = out / ("model.onnx" if source.suffix == ".onnx" else "model.safetensors")
-            target.write_bytes(source.read_bytes())
-            files.write_json(out / "deployable.json", {
-                "variant": chosen, "file": target.name, "input_shape": input_shape, "model_args": model_args,
-                "runtime": "onnxruntime" if target.suffix == ".onnx" else "pytorch",
-                metric: table[chosen][metric], "p50_ms_batch_1": table[chosen]["latency_batch_1"]["p50_ms"]})
-        files.write_json(REPORT, {"variants": table, "deployable": chosen, "notes": notes, "protocol": protocol})
-        with files.atomic_path(TABLE) as t:
-            t.write_text(markdown_table(table, metric, chosen) + "".join(f"\n- {k}: {v}" for k, v in notes.items()))
-        Path(PARETO).parent.mkdir(parents=True, exist_ok=True)
-        with files.atomic_path(PARETO) as t:
-            pareto_plot(table, metric, t)
-        files.write_json(METRICS, metrics)
+        write_deployable(Path(variants[chosen][1]), chosen, table, metric, input_shape, model_args)
+        files.write_json(paths.OPTIMIZE_REPORT, {"variants": table, "deployable": chosen, "notes": notes,
+                                                 "protocol": protocol})
+        markdown = report.markdown(table_rows(table, metric, chosen))
+        with files.atomic_path(paths.OPTIMIZE_TABLE) as t:
+            t.write_text(markdown + "".join(f"\n- {k}: {v}" for k, v in notes.items()))
+        with files.atomic_path(paths.PARETO) as t:
+            plots.pareto(table, metric, t)
+        files.write_json(paths.metrics("optimize"), metrics)
         if run:
             mlflow.log_metrics({f"optimize/{k}": v for k, v in metrics.items()})
             mlflow.set_tag("deployable_variant", chosen)
-            for path in (REPORT, TABLE, PARETO, f"{DEPLOY_DIR}/deployable.json"):
-                mlflow.log_artifact(path, "optimize")
-    print(markdown_table(table, metric, chosen))
-    print(f"optimize: deployable = {chosen} -> {DEPLOY_DIR}/, {METRICS}")
+            for path in (paths.OPTIMIZE_REPORT, paths.OPTIMIZE_TABLE, paths.PARETO, paths.DEPLOY_INFO):
+                mlflow.log_artifact(str(path), "optimize")
+    print(markdown)
+    print(f"optimize: deployable = {chosen} -> {paths.DEPLOY_DIR}/, {paths.metrics('optimize')}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, ConnectionError, FileNotFoundError) as e:
-        sys.exit(f"optimize: {type(e).__name__}: {e}")
+    stage.run("optimize", main)

@@ -4,7 +4,7 @@ Every problem is reported at once, each naming the key and the fix; an unknown o
 with a did-you-mean (DVC's `-S` would otherwise let a typo such as `train.epoch=30` pass unnoticed).
 
     >>> validate({"seed": 1.5}, {"seed": integer()})
-    ["seed=1.5: must be an integer"]
+    ['seed=1.5: must be an integer']
 """
 
 import difflib
@@ -12,10 +12,7 @@ from pathlib import Path
 
 import yaml
 
-TASKS = ("segmentation", "classification")
-SEVERITIES = ("low", "medium", "high", "critical")
-PROMOTE = ("if_better", "always", "never")
-CORRUPTIONS = ("gaussian_noise", "blur", "brightness", "contrast", "jpeg")
+from {{ cookiecutter.package_name }} import names
 
 
 class ParamsError(ValueError):
@@ -66,10 +63,8 @@ def model_name(v):
 
 
 def store_uri(v):
-    if string(v) or not v.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql",
-                                      "databricks", "file:")):
-        return ("must be sqlite:///<file> (embedded), http(s)://<server>, a database URL (postgresql://...) "
-                "or databricks")
+    if string(v) or not v.startswith(names.TRACKING_SCHEMES):
+        return f"must start with one of {', '.join(names.TRACKING_SCHEMES)} (default: sqlite:///mlflow.db, embedded)"
 
 
 def nullable(rule):
@@ -94,7 +89,7 @@ SCHEMA = {
     "seed": integer(0),
     "lr": number(0, lo_open=True),
     "prepare": {
-        "task": choice(*TASKS), "source": choice("synthetic", "folder"), "raw_dir": string,
+        "task": choice(*names.TASKS), "source": choice("synthetic", "folder"), "raw_dir": string,
         "image_size": integer(16), "num_classes": integer(2), "synthetic_images": integer(10),
         "val_fraction": number(0, 0.5, lo_open=True, hi_open=True),
         "test_fraction": number(0, 0.5, lo_open=True, hi_open=True),
@@ -102,16 +97,23 @@ SCHEMA = {
     "train": {
         "model": {"architecture": string, "encoder": nullable(string), "pretrained": boolean},
         "epochs": integer(1), "batch_size": integer(1),
-        "loss": choice("ce", "dice", "bce", "focal", "dice_bce"), "label_smoothing?": number(0, 1, hi_open=True),
-        "optimizer": {"name": choice("adamw", "adam", "sgd"), "weight_decay": number(0), "momentum?": number(0, 1)},
-        "scheduler": choice("cosine", "plateau", "step", "none"), "early_stopping_patience": integer(0),
+        "loss": choice(*dict.fromkeys(n for losses in names.LOSSES.values() for n in losses)),
+        "label_smoothing?": number(0, 1, hi_open=True),
+        # Every key any optimizer takes; cross_checks() keeps each optimizer to its own (names.OPTIMIZERS).
+        "optimizer": {"name": choice(*names.OPTIMIZERS), "weight_decay?": number(0), "momentum?": number(0, 1),
+                      "dampening?": number(0, 1), "nesterov?": boolean, "betas?": list_of(number(0, 1, hi_open=True)),
+                      "eps?": number(0, lo_open=True), "amsgrad?": boolean},
+        "scheduler": {"name": choice(*names.SCHEDULERS),
+                      "plateau": {"factor": number(0, 1, lo_open=True, hi_open=True), "patience": integer(0)},
+                      "step": {"step_size": integer(1), "gamma": number(0, 1, lo_open=True)}},
+        "early_stopping_patience": integer(0),
         "grad_clip_norm": nullable(number(0, lo_open=True)), "amp": boolean, "device": string,
         "num_workers": integer(0),
         "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1)},
     },
     "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1), "threads": nullable(integer(1))},
     "optimize": {
-        "quantization": {"enabled": boolean, "calibration_images": integer(1)},
+        "quantization": {"enabled": boolean, "calibration_images": integer(1), "calibration_batch_size": integer(1)},
         "pruning": {"enabled": boolean, "amount": number(0, 1, hi_open=True)},
         "latency": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1)},
         "select": {"min_quality_ratio": number(0, 1, lo_open=True)},
@@ -119,14 +121,15 @@ SCHEMA = {
     "robustness": {
         "subset": integer(1), "batch_size": integer(1), "epsilons": list_of(number(0)), "declared_epsilon": number(0),
         "pgd": {"steps": integer(1), "step_size": number(0, 1, lo_open=True)},
-        "corruptions": list_of(choice(*CORRUPTIONS)), "severities": list_of(choice(1, 2, 3)),
+        "corruptions": list_of(choice(*names.CORRUPTIONS)),
+        "severities": list_of(choice(*names.CORRUPTION_SEVERITIES)),
         "bootstrap_resamples": integer(10), "levels": {"high": number(0, 1), "medium": number(0, 1)},
     },
     "register": {
         "model_name": model_name,
         "gates": {"min_quality": number(), "max_latency_ms": number(), "min_robustness_score": number(),
-                  "max_quality_drop": number(), "block_severity": nullable(choice(*SEVERITIES))},
-        "promote": choice(*PROMOTE), "fail_on_gate": boolean,
+                  "max_quality_drop": number(), "block_severity": nullable(choice(*names.SEVERITIES))},
+        "promote": choice(*names.PROMOTE), "fail_on_gate": boolean,
     },
     "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
                "run_name": nullable(string)},
@@ -165,10 +168,27 @@ def cross_checks(p):
                       f"{rp['epsilons']}")
     if rp["levels"]["medium"] > rp["levels"]["high"]:
         errors.append(f"robustness.levels={rp['levels']}: need medium <= high")
-    if p["prepare"]["task"] == "classification" and p["train"]["loss"] != "ce":
-        errors.append(f"train.loss={p['train']['loss']!r}: classification supports 'ce' only")
-    if p["prepare"]["task"] == "segmentation" and p["train"]["loss"] == "ce":
-        errors.append("train.loss='ce': segmentation losses are dice, bce, focal, dice_bce")
+    return errors + train_checks(p["prepare"]["task"], p["train"])
+
+
+def train_checks(task, tp):
+    """The names train.* gives, against the one list of each in names.py."""
+    errors = []
+    losses = names.LOSSES[task]
+    if tp["loss"] not in losses:
+        errors.append(f"train.loss={tp['loss']!r}: valid {task} losses: {', '.join(losses)}")
+    arch, encoder = tp["model"]["architecture"], tp["model"]["encoder"]
+    valid = names.SEGMENTATION_ARCHITECTURES if task == "segmentation" else names.CLASSIFICATION_ARCHITECTURES
+    if arch not in valid:
+        errors.append(f"train.model.architecture={arch!r}: valid {task} architectures: {', '.join(valid)}")
+    if task == "segmentation" and encoder not in names.ENCODERS:
+        errors.append(f"train.model.encoder={encoder!r}: valid encoders: {', '.join(names.ENCODERS)}")
+    optimizer = tp["optimizer"]["name"]
+    allowed = names.OPTIMIZERS[optimizer][1]
+    for key in sorted(set(tp["optimizer"]) - {"name", *allowed}):
+        takers = [n for n, (_, keys) in names.OPTIMIZERS.items() if key in keys]
+        errors.append(f"train.optimizer.{key}: {optimizer} takes no {key} (its keys: {', '.join(allowed)}); "
+                      f"remove it or choose {' / '.join(takers)}")
     return errors
 
 
@@ -182,8 +202,10 @@ def load(path="params.yaml"):
         raise ParamsError(f"{path}: not valid YAML ({e}); fix the line it names") from None
     errors = validate(p)
     errors = errors or cross_checks(p)
+    if len(errors) == 1:
+        raise ParamsError(f"{path}: {errors[0]}")
     if errors:
-        raise ParamsError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise ParamsError(f"{path}: {len(errors)} problems:\n  " + "\n  ".join(errors))
     return p
 
 

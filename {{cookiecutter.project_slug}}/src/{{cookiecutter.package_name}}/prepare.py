@@ -7,14 +7,9 @@ metrics/prepare.json, each whole or not at all. prepare opens no MLflow run: one
 run, opened by train, which logs these statistics with it.
 """
 
-import sys
-
 import numpy as np
 
-from {{ cookiecutter.package_name }} import data, files, params
-
-OUT_DIR = "data/prepared"
-METRICS = "metrics/prepare.json"
+from {{ cookiecutter.package_name }} import data, files, paths, stage
 
 
 def build(p, seed):
@@ -48,21 +43,17 @@ def summary(splits, info):
 
 
 def main():
-    p = params.load()
-    files.require("prepare")
+    p = stage.begin("prepare")
     splits, info = build(p["prepare"], p["seed"])
-    with files.atomic_path(OUT_DIR, directory=True) as tmp:
+    with files.atomic_path(paths.PREPARED, directory=True) as tmp:
         for name, (images, targets) in splits.items():
-            np.savez(tmp / f"{name}.npz", images=images, targets=targets)
-        files.write_json(tmp / "dataset.json", info)
+            np.savez(tmp / paths.split(name).name, images=images, targets=targets)
+        files.write_json(tmp / paths.DATASET.name, info)
     metrics = summary(splits, info)
-    files.write_json(METRICS, metrics)
+    files.write_json(paths.metrics("prepare"), metrics)
     print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px "
-          f"-> {OUT_DIR}/, {METRICS}")
+          f"-> {paths.PREPARED}/, {paths.metrics('prepare')}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"prepare: {e}")
+    stage.run("prepare", main)

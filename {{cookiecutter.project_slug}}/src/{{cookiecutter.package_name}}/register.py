@@ -16,35 +16,26 @@ security, gates, registry outcome), and logs both into the pipeline's MLflow run
 """
 
 import html
-import json
 import math
-import signal
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
-from {{ cookiecutter.package_name }} import data, files, models, params, report, tracking
-from {{ cookiecutter.package_name }}.train import primary_metric
-
-DEPLOY_DIR = Path("models/deployable")
-PREPARED = Path("data/prepared")
-RUN_FILE = Path("metrics/mlflow.json")
-METRICS = "metrics/register.json"
-HTML = "reports/model.html"
-
-
-class IntegrityError(RuntimeError):
-    pass
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
+from {{ cookiecutter.package_name }} import (
+    data,
+    files,
+    models,
+    names,
+    paths,
+    report,
+    stage,
+    task,
+    tracking,
+)
 
 # --- gates --------------------------------------------------------------------------------------------------
 
@@ -54,7 +45,7 @@ def gate_values(metric, deployable, optimize_metrics, robustness_metrics, block_
               "min_robustness_score": robustness_metrics["score"],
               "max_quality_drop": -optimize_metrics[f"deployable/{metric}_change"]}
     if block_severity is not None:
-        blocking = params.SEVERITIES[params.SEVERITIES.index(block_severity):]
+        blocking = names.SEVERITIES[names.SEVERITIES.index(block_severity):]
         values["max_blocking_findings"] = sum(robustness_metrics[f"security/severity_{s}"] for s in blocking)
     return values
 
@@ -155,89 +146,91 @@ def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustn
         f"<h2>Gates: <span class='{verdict[:4]}'>{verdict}</span></h2>{report.rows_table(gates)}"
         f"<h2>Registry</h2>{report.pairs_table(outcome.items())}"
         f"<h2>Training</h2>{report.pairs_table(train_m.items())}"
-        f"{report.image('plots/train/curves.png', 'training curves')}"
-        f"<h3>Sample test predictions</h3>{report.image('plots/train/predictions.png', 'predictions')}"
+        f"{report.image(paths.CURVES, 'training curves')}"
+        f"<h3>Sample test predictions</h3>{report.image(paths.PREDICTIONS, 'predictions')}"
         f"<h2>Analysis</h2>{report.pairs_table(analyze_m.items())}"
         f"<h2>Optimisation (deployable: {html.escape(optimize_r['deployable'])})</h2>{report.rows_table(variants)}"
-        f"{report.image('plots/optimize/pareto.png', 'latency vs quality')}"
+        f"{report.image(paths.PARETO, 'latency vs quality')}"
         f"<h2>Robustness: score {s['score']:.3f} ({html.escape(s['level'])})</h2>"
-        f"{report.image('plots/robustness/curve.png', 'robustness curve')}"
+        f"{report.image(paths.ROBUSTNESS_CURVE_PNG, 'robustness curve')}"
         f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"))
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
 
+def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
+    """Register the deployable when every gate passed and tracking is on; else say why not."""
+    if not passed:
+        failed = ", ".join(f"{g['gate']} ({g['value']:.4g} vs {g['threshold']})" for g in gates if not g["passed"])
+        return {"registered": False, "reason": f"gates failed: {failed}"}
+    if run is None:
+        return {"registered": False, "reason": "mlflow.enabled is false: no registry to register in"}
+    deploy_path = paths.DEPLOY_DIR / deploy["file"]
+    sha = files.sha256(deploy_path)
+    if sha != recorded_sha:
+        raise files.IntegrityError(f"{deploy_path}: sha256 {sha} differs from the {recorded_sha} robustness checked; "
+                                   "the file changed after the checks. Rerun: dvc repro")
+    run_tags = mlflow.get_run(run.info.run_id).data.tags
+    example = data.to_float(data.load_split(paths.split("test"))[0][:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
+    tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
+            "dvc_exp_name": run_tags.get("dvc_exp_name", "workspace"),
+            "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
+            "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
+    return {"registered": True, **register(
+        mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,
+        lambda: log_deployable(deploy_path, deploy["runtime"], example), rg["promote"], deploy[metric])}
+
+
+def flat_metrics(passed, gates, outcome):
+    metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
+    for g in gates:
+        metrics.update({f"gate/{g['gate']}/value": g["value"], f"gate/{g['gate']}/passed": int(g["passed"])})
+    if outcome["registered"]:
+        metrics.update(version=outcome["version"], promoted=int(outcome["promoted"]),
+                       champion_version=outcome["champion_version"])
+    return metrics
+
+
 def main():
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # end the MLflow run KILLED, not RUNNING
-    p = params.load()
-    files.require("register")
+    p = stage.begin("register")
     rg = p["register"]
-    deploy = read_json(DEPLOY_DIR / "deployable.json")
-    deploy_path = DEPLOY_DIR / deploy["file"]
-    metric = primary_metric(deploy["model_args"]["task"])
-    robustness_r = read_json("reports/robustness.json")
-    values = gate_values(metric, deploy, read_json("metrics/optimize.json"), read_json("metrics/robustness.json"),
-                         rg["gates"]["block_severity"])
+    deploy = files.read_json(paths.DEPLOY_INFO)
+    metric = task.primary_metric(deploy["model_args"]["task"])
+    robustness_r = files.read_json(paths.ROBUSTNESS_REPORT)
+    values = gate_values(metric, deploy, files.read_json(paths.metrics("optimize")),
+                         files.read_json(paths.metrics("robustness")), rg["gates"]["block_severity"])
     # Security: zero findings at or above block_severity are allowed.
     gates = evaluate_gates(values, {**rg["gates"], "max_blocking_findings": 0})
     passed = all(g["passed"] for g in gates)
-
-    with tracking.closing(lambda: tracking.resume(p["mlflow"], RUN_FILE)) as run:
-        if not passed:
-            failed = ", ".join(f"{g['gate']} ({g['value']:.4g} vs {g['threshold']})" for g in gates if not g["passed"])
-            outcome = {"registered": False, "reason": f"gates failed: {failed}"}
-        elif run is None:
-            outcome = {"registered": False, "reason": "mlflow.enabled is false: no registry to register in"}
-        else:
-            sha = files.sha256(deploy_path)
-            recorded = robustness_r["sha256"].get(str(deploy_path))
-            if sha != recorded:
-                raise IntegrityError(f"{deploy_path}: sha256 {sha} differs from the {recorded} robustness checked; "
-                                     "the file changed after the checks. Rerun: dvc repro")
-            run_tags = mlflow.get_run(run.info.run_id).data.tags
-            images, _ = data.load_split(PREPARED / "test.npz")
-            example = data.to_float(images[:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
-            tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
-                    "dvc_exp_name": run_tags.get("dvc_exp_name", "workspace"),
-                    "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
-                    "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
-            outcome = {"registered": True, **register(
-                mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,
-                lambda: log_deployable(deploy_path, deploy["runtime"], example), rg["promote"], deploy[metric])}
-
-        metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
-        for g in gates:
-            metrics.update({f"gate/{g['gate']}/value": g["value"], f"gate/{g['gate']}/passed": int(g["passed"])})
-        if outcome["registered"]:
-            metrics.update(version=outcome["version"], promoted=int(outcome["promoted"]),
-                           champion_version=outcome["champion_version"])
+    with tracking.pipeline_run(p["mlflow"]) as run:
+        outcome = registry_outcome(run, rg, deploy, metric, passed, gates,
+                                   robustness_r["sha256"].get(str(paths.DEPLOY_DIR / deploy["file"])))
+        metrics = flat_metrics(passed, gates, outcome)
         title = f"Model report: {deploy['model_args']['architecture']} ({run.info.run_id if run else 'untracked'})"
-        page = render_report(title, gates, outcome, read_json("metrics/train.json"),
-                             read_json("metrics/analyze.json"), read_json("reports/optimize.json"), robustness_r)
-        with files.atomic_path(HTML) as t:
+        page = render_report(title, gates, outcome, files.read_json(paths.metrics("train")),
+                             files.read_json(paths.metrics("analyze")), files.read_json(paths.OPTIMIZE_REPORT),
+                             robustness_r)
+        with files.atomic_path(paths.MODEL_REPORT) as t:
             t.write_text(page)
-        files.write_json(METRICS, metrics)
+        files.write_json(paths.metrics("register"), metrics)
         if run:
             mlflow.log_metrics({f"register/{k}": v for k, v in metrics.items() if v is not None})
             mlflow.set_tag("registry_decision", "registered" if outcome["registered"] else "rejected")
             if outcome["registered"]:
                 mlflow.set_tags({"registry_model": outcome["model"], "registry_version": str(outcome["version"])})
-            mlflow.log_artifact(HTML, "report")
-            if Path("dvc.lock").is_file():  # the link back to DVC: which data and model versions made this run
-                mlflow.set_tags(lock_tags(yaml.safe_load(Path("dvc.lock").read_text())))
-                mlflow.log_artifact("dvc.lock", "dvc")
+            mlflow.log_artifact(str(paths.MODEL_REPORT), "report")
+            if paths.DVC_LOCK.is_file():  # the link back to DVC: which data and model versions made this run
+                mlflow.set_tags(lock_tags(yaml.safe_load(paths.DVC_LOCK.read_text())))
+                mlflow.log_artifact(str(paths.DVC_LOCK), "dvc")
     if outcome["registered"]:
         print(f"register: {outcome['model']} version {outcome['version']} "
               f"({'new' if outcome['created'] else 'already registered'}) @challenger; champion is version "
-              f"{outcome['champion_version']} -> {METRICS}, {HTML}")
+              f"{outcome['champion_version']} -> {paths.metrics('register')}, {paths.MODEL_REPORT}")
     else:
-        print(f"register: not registered: {outcome['reason']} -> {METRICS}, {HTML}")
+        print(f"register: not registered: {outcome['reason']} -> {paths.metrics('register')}, {paths.MODEL_REPORT}")
         if not passed and rg["fail_on_gate"]:  # outputs written and the run closed first: the decision stays reviewable
             sys.exit("register: gates failed and register.fail_on_gate is true (see metrics/register.json)")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, ConnectionError, FileNotFoundError, IntegrityError, MlflowException) as e:
-        sys.exit(f"register: {type(e).__name__}: {e}")
+    stage.run("register", main)

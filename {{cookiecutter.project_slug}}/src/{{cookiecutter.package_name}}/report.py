@@ -1,4 +1,5 @@
-"""Self-contained HTML: one page style, tables of rows or key/value pairs, PNGs inlined as data URIs.
+"""Self-contained HTML (one page style, tables of rows or key/value pairs, PNGs inlined as data URIs) and the
+same rows as Markdown.
 
     >>> "<td>0.5000</td>" in rows_table([{"dice": 0.5}])
     True
@@ -29,6 +30,16 @@ def rows_table(rows, keys=None):
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{cell(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def markdown(rows):
+    """The same rows as a Markdown table (reports/*.md, compare, a CI job summary)."""
+    if not rows:
+        return "(none)\n"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+            + "".join("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
 
 
 def pairs_table(pairs):

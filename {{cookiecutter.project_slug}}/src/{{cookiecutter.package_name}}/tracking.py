@@ -17,11 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import psutil
+from filelock import FileLock
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; run parallel work against an MLflow server there
-    fcntl = None
+from {{ cookiecutter.package_name }} import paths
 
 
 def repo_root():
@@ -56,22 +55,18 @@ def check_reachable(uri, timeout=5.0):
 
 @contextlib.contextmanager
 def store_lock(uri):
-    """Hold an exclusive lock beside a local sqlite store (no-op for servers, and where fcntl is missing).
+    """Hold an exclusive lock beside a local sqlite store (no-op for servers).
 
     Several processes opening a fresh store at once (queue workers, parallel stages) race in MLflow's schema
     migrations and die ("duplicate column name"); creating the same experiment twice fails too. Both happen
     under this lock, once; later opens only wait for it briefly."""
-    if not uri.startswith("sqlite:///") or fcntl is None:
+    if not uri.startswith("sqlite:///"):
         yield
         return
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def connect(cfg, root):
@@ -114,7 +109,8 @@ def close_orphans(experiment_id):
     for run in mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                                   output_format="list"):
         tags = run.data.tags
-        if tags.get("process.host") == socket.gethostname() and not _alive(int(tags.get("process.pid", 0))):
+        pid = int(tags.get("process.pid", 0))
+        if tags.get("process.host") == socket.gethostname() and not (pid > 0 and psutil.pid_exists(pid)):
             mlflow.MlflowClient().set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
             print(f"tracking: run {run.info.run_id} was left RUNNING by a dead process "
@@ -122,21 +118,9 @@ def close_orphans(experiment_id):
     return closed
 
 
-def _alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def resume(cfg, run_file="metrics/mlflow.json"):
-    """Reopen the pipeline's run, the one train recorded in run_file; None when tracking is off."""
-    ref = json.loads(Path(run_file).read_text())
+def resume(cfg):
+    """Reopen the pipeline's run, the one train recorded in paths.RUN_FILE; None when tracking is off."""
+    ref = json.loads(paths.RUN_FILE.read_text())
     if not ref["enabled"]:
         return None
     connect(cfg, repo_root())
@@ -162,6 +146,22 @@ def closing(start):
         raise
     if mlflow.active_run():
         mlflow.end_run("FINISHED")
+
+
+def start(cfg, default_name, tags):
+    """Open the pipeline's run (train) in the project's experiment, tagged with `tags`, the git / DVC context and
+    this process; its name is mlflow.run_name or default_name."""
+    experiment_id = set_experiment(cfg, repo_root())
+    close_orphans(experiment_id)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg["run_name"] or default_name,
+                           tags={**tags, **context_tags(), **process_tags()}, log_system_metrics=cfg["system_metrics"])
+    return run
+
+
+def pipeline_run(cfg):
+    """The stages after train: `with tracking.pipeline_run(p["mlflow"]) as run:` reopens train's run (None with
+    tracking off) and ends it as closing() says."""
+    return closing(lambda: resume(cfg))
 
 
 def run_name(architecture, encoder, pretrained, now=None):

@@ -1,0 +1,49 @@
+"""Every file and folder the stages read or write, relative to the project root, written once.
+
+dvc.yaml declares the same paths as deps and outs and stays the truth for DVC; a template test checks that
+each path here is declared there, and that no stage module spells a path of its own.
+
+    >>> str(metrics("train")), str(split("test"))
+    ('metrics/train.json', 'data/prepared/test.npz')
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+PREPARED = Path("data/prepared")
+DATASET = PREPARED / "dataset.json"  # task, classes, normalisation statistics, split sizes, data sha256
+
+CHECKPOINT = Path("models/model.safetensors")  # weights + constructor arguments
+DEPLOY_DIR = Path("models/deployable")
+DEPLOY_INFO = DEPLOY_DIR / "deployable.json"  # variant, file, runtime, input shape, constructor arguments
+
+RUN_FILE = Path("metrics/mlflow.json")  # the pipeline's MLflow run, opened by train, reopened by later stages
+
+HISTORY = Path("plots/train/history.json")
+CURVES = Path("plots/train/curves.png")
+PREDICTIONS = Path("plots/train/predictions.png")
+PARETO = Path("plots/optimize/pareto.png")
+ROBUSTNESS_CURVE = Path("plots/robustness/curve.json")
+ROBUSTNESS_CURVE_PNG = Path("plots/robustness/curve.png")
+
+ANALYZE_REPORT = Path("reports/analyze.json")
+ANALYZE_HTML = Path("reports/analyze.html")
+ANALYZE_LAYERS = Path("reports/analyze_layers.csv")
+OPTIMIZE_REPORT = Path("reports/optimize.json")
+OPTIMIZE_TABLE = Path("reports/optimize.md")
+ROBUSTNESS_REPORT = Path("reports/robustness.json")
+ROBUSTNESS_HTML = Path("reports/robustness.html")
+MODEL_REPORT = Path("reports/model.html")
+COMPARE = Path("reports/compare")  # compare's .md / .html / .png (not a pipeline output)
+
+
+def split(name):
+    """data/prepared/<train|val|test>.npz: uint8 images and their targets."""
+    return PREPARED / f"{name}.npz"
+
+
+def metrics(stage):
+    """metrics/<stage>.json: the stage's metrics dict, the same one it logs to MLflow."""
+    return Path(f"metrics/{stage}.json")

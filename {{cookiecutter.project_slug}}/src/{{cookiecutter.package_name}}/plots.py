@@ -1,0 +1,89 @@
+"""Every figure the project draws, as PNG files: training curves, sample predictions, the optimisation variants'
+latency vs quality, the robustness curve, and compare's runs. Each takes plain values and a path.
+
+matplotlib's object API (Figure, not pyplot): no global backend or figure state, no display needed (CI,
+servers, DVC queue workers).
+"""
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def subplots(*grid, figsize, **kwargs):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
+def curves(history, metric, path):
+    epochs = [r["epoch"] for r in history]
+    fig, axes = subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", metric), strict=True):
+        for split in ("train", "val"):
+            ax.plot(epochs, [r[f"{split}/{key}"] for r in history], marker="o", label=split)
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def predictions(images, targets, preds, task, class_names, path):
+    """Segmentation: image / truth / prediction overlays per row. Classification: a grid of labelled images."""
+    n = len(images)
+    if task == "segmentation":
+        fig, axes = subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+        for row, img, truth, pred in zip(axes, images, targets, preds, strict=True):
+            panels = (("image", None), ("truth", truth), ("prediction", pred))
+            for ax, (title, mask) in zip(row, panels, strict=True):
+                ax.imshow(img.permute(1, 2, 0).numpy())
+                if mask is not None:  # classes as solid colours over the image, background left clear
+                    ax.imshow(np.ma.masked_equal(mask.numpy(), 0), cmap="cool", alpha=0.7, vmin=1,
+                              vmax=max(len(class_names) - 1, 1), interpolation="nearest")
+                ax.set_title(title if row is axes[0] else "")
+                ax.axis("off")
+    else:
+        cols = min(n, 6)
+        fig, axes = subplots((n + cols - 1) // cols, cols, figsize=(2 * cols, 2.2 * ((n + cols - 1) // cols)),
+                                 squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img, t, p in zip(axes.flat, images, targets, preds, strict=False):
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_title(f"{class_names[p]}\n(true: {class_names[t]})", fontsize=8,
+                         color="green" if p == t else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def pareto(table, metric, path):
+    fig, ax = subplots(figsize=(6, 4))
+    for name, v in table.items():
+        ax.scatter(v["latency_batch_1"]["p50_ms"], v[metric], s=30 + 4 * v["size_mb"])
+        ax.annotate(f"{name} ({v['size_mb']:.1f} MB)", (v["latency_batch_1"]["p50_ms"], v[metric]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="batch-1 latency p50 (ms)", ylabel=f"test {metric}", title="Variants: latency vs quality")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def attack_curve(rows, metric, path):
+    fig, ax = subplots(figsize=(6, 4))
+    for key in [k for k in rows[0] if k != "epsilon"]:
+        ax.plot([r["epsilon"] for r in rows], [r[key] for r in rows], marker="o", label=key)
+    ax.set(xlabel="epsilon (x 1/255, l-inf)", ylabel=metric, title=f"{metric} under attack")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def runs(rows, path):
+    quality = next((k for k in rows[0] if k.startswith("test ")), None) if rows else None
+    fig, ax = subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.get(quality, "") != "" and r["fp32 b1 p50 ms"] != "":
+            ax.scatter(r["fp32 b1 p50 ms"], r[quality], s=20 + (r["params"] or 0) / 2e5)
+            ax.annotate(f"{r['architecture']}/{r['encoder']} {r['run'][-15:]}", (r["fp32 b1 p50 ms"], r[quality]),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="fp32 batch-1 latency p50 (ms)", ylabel=quality or "quality",
+           title="Runs: latency vs quality (marker area ~ parameters)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

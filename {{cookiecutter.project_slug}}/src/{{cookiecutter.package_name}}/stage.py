@@ -1,0 +1,79 @@
+"""The start and end every stage shares: params and inputs checked before work, signals, and one line plus an
+exit code for every error a user can cause. Each stage module ends with
+
+    if __name__ == "__main__":
+        stage.run("train", main)
+
+Not a framework: a stage's main() stays an ordinary function that tests call in-process (where the caller keeps
+its own signal handlers and sees exceptions as exceptions).
+"""
+
+import os
+import signal
+import sys
+
+from {{ cookiecutter.package_name }} import files, params
+
+# Errors that mean bad input, missing files or an unreachable service: the user gets their message (which names
+# the key, file or URI and the fix) on one line. Anything else is a bug and keeps its traceback.
+HANDLED = (ValueError, ConnectionError, OSError)
+
+# SIGTERM (`dvc queue kill`, schedulers, torchrun) and SIGINT (Ctrl-C). A stage that checks stop_point() between
+# batches (train) defers them: an exception raised wherever a signal lands can leave a lock held inside a
+# library (logging's handler locks, a database session), and MLflow's system-metrics thread, which end_run
+# waits for, then blocks forever; between two batches no library code is running. Other stages stop at once.
+STOP = {"signal": None}
+
+
+def begin(name):
+    """params.yaml checked whole, then the stage's dvc.yaml inputs present; returns the params."""
+    p = params.load()
+    files.require(name)
+    return p
+
+
+def request_stop(signum, frame):
+    if STOP["signal"]:  # asked twice: stop now, wherever we are
+        raise KeyboardInterrupt(f"{STOP['signal']} received twice")
+    STOP["signal"] = signal.Signals(signum).name
+    # os.write, not print: the signal may have interrupted a print on the same stream.
+    os.write(2, f"{STOP['signal']} received, stopping after this batch (again: at once)\n".encode())
+
+
+def interrupt(signum, frame):
+    STOP["signal"] = signal.Signals(signum).name
+    raise KeyboardInterrupt(f"{STOP['signal']} received")
+
+
+def stop_point(outcome="no output half written, any MLflow run ended KILLED"):
+    """Raise KeyboardInterrupt here if a deferred signal arrived."""
+    if STOP["signal"]:
+        raise KeyboardInterrupt(f"{STOP['signal']} received; {outcome}")
+
+
+def checked(iterable):
+    """Iterate, honouring a deferred signal before each item (a batch)."""
+    for item in iterable:
+        stop_point()
+        yield item
+
+
+def handled(e):
+    mlflow_errors = sys.modules.get("mlflow.exceptions")  # an MlflowException only exists once mlflow is imported
+    return isinstance(e, HANDLED) or (mlflow_errors is not None and isinstance(e, mlflow_errors.MlflowException))
+
+
+def run(name, main, defer_signals=False):
+    """Run a stage's main() as a process: exit 0; 1 with one line `<stage>: <Error>: <message>`; 128 + the
+    signal's number when stopped by SIGTERM / SIGINT, as a shell reports death by that signal."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop if defer_signals else interrupt)
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        print(f"{name}: stopped: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(128 + signal.Signals[STOP["signal"] or "SIGINT"])
+    except Exception as e:
+        if not handled(e):
+            raise
+        sys.exit(f"{name}: {type(e).__name__}: {e}")

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }} import names, params
+
+SHIPPED = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+
+
+def errors_with(**changes):
+    """params.validate + cross_checks of the shipped params.yaml with dotted keys changed."""
+    p = yaml.safe_load(yaml.safe_dump(SHIPPED))
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = p
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return params.validate(p) or params.cross_checks(p)
+
+
+def test_the_shipped_params_are_valid():
+    assert errors_with() == []
+
+
+def test_a_misspelt_key_gets_a_did_you_mean():
+    p = yaml.safe_load(yaml.safe_dump(SHIPPED))
+    p["train"]["epoch"] = p["train"].pop("epochs")
+    assert "train.epoch: unknown key; did you mean train.epochs?" in params.validate(p)
+
+
+def test_an_optimizer_key_of_another_optimizer_is_one_clear_line():
+    # adamw has no momentum: torch would raise a TypeError deep inside train.
+    (error,) = errors_with(train__optimizer={"name": "adamw", "momentum": 0.9})
+    assert error == ("train.optimizer.momentum: adamw takes no momentum (its keys: weight_decay, betas, eps, "
+                     "amsgrad); remove it or choose sgd")
+    assert errors_with(train__optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True}) == []
+
+
+TASK = SHIPPED["prepare"]["task"]
+OTHER = next(t for t in names.TASKS if t != TASK)
+
+
+@pytest.mark.parametrize("name", list(names.OPTIMIZERS))
+def test_every_optimizer_name_is_accepted(name):
+    assert errors_with(train__optimizer={"name": name}) == []
+
+
+@pytest.mark.parametrize("name", list(names.SCHEDULERS))
+def test_every_scheduler_name_is_accepted(name):
+    assert errors_with(train__scheduler__name=name) == []
+
+
+@pytest.mark.parametrize("name", names.LOSSES[TASK])
+def test_every_loss_of_the_task_is_accepted(name):
+    assert errors_with(train__loss=name) == []
+
+
+@pytest.mark.parametrize("name", [n for n in names.LOSSES[OTHER] if n not in names.LOSSES[TASK]])
+def test_a_loss_of_the_other_task_lists_this_task_s_losses(name):
+    (error,) = errors_with(train__loss=name)
+    assert error.startswith(f"train.loss={name!r}: valid {TASK} losses: {', '.join(names.LOSSES[TASK])}")
+
+
+@pytest.mark.parametrize("key,value", [("train__optimizer__name", "lbfgs"), ("train__scheduler__name", "cyclic"),
+                                       ("robustness__corruptions", ["fog"]), ("robustness__severities", [9]),
+                                       ("train__model__architecture", "NoSuchNet"),
+                                       ("mlflow__tracking_uri", "ftp://x")])
+def test_unknown_names_are_refused_with_the_valid_ones(key, value):
+    (error,) = errors_with(**{key: value})
+    assert error.startswith(key.replace("__", "."))
+    valid = {"train__optimizer__name": names.OPTIMIZERS, "train__scheduler__name": names.SCHEDULERS,
+             "robustness__corruptions": names.CORRUPTIONS, "robustness__severities": names.CORRUPTION_SEVERITIES,
+             "mlflow__tracking_uri": names.TRACKING_SCHEMES,
+             "train__model__architecture": names.SEGMENTATION_ARCHITECTURES if TASK == "segmentation"
+             else names.CLASSIFICATION_ARCHITECTURES}[key]
+    assert ", ".join(map(str, valid)) in error
+
+
+def test_one_problem_is_one_line_and_several_are_listed(tmp_path):
+    p = yaml.safe_load(yaml.safe_dump(SHIPPED))
+    p["seed"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError) as e:
+        params.load(tmp_path / "params.yaml")
+    assert str(e.value) == f"{tmp_path / 'params.yaml'}: seed=-1: must be an integer >= 0"
+    p["lr"] = "fast"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(params.ParamsError, match="2 problems:\n  seed=-1.*\n  lr='fast'"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_flatten():
+    assert params.flatten({"train": {"model": {"encoder": "x"}}, "lr": 1}) == {"train.model.encoder": "x", "lr": 1}

@@ -1,0 +1,62 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }} import stage
+
+ROOT = Path(__file__).parents[1]
+STAGES = [*yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"], "compare"]
+
+
+def test_a_deferred_signal_stops_at_the_next_batch_and_a_second_at_once(monkeypatch):
+    monkeypatch.setitem(stage.STOP, "signal", None)
+    stage.stop_point()  # no signal yet: nothing happens
+    stage.request_stop(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
+        stage.stop_point()
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
+        next(stage.checked([1, 2]))
+    with pytest.raises(KeyboardInterrupt, match="twice"):
+        stage.request_stop(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad value"), FileNotFoundError("no file"), ConnectionError("down"),
+                                   PermissionError("read-only")])
+def test_user_errors_end_in_one_line_and_exit_1(error, monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as e:
+        stage.run("demo", main)
+    assert e.value.code == f"demo: {type(error).__name__}: {error}"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+
+    def main():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        stage.run("demo", main)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_stage_refuses_a_bad_params_value_in_one_line(name, tmp_path):
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["seed"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-m", f"{{ cookiecutter.package_name }}.{name}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"{name}: ParamsError: params.yaml: seed=-1: must be an integer >= 0"], result.stderr
+    assert not [f for f in tmp_path.iterdir() if f.name != "params.yaml"]  # nothing written
