@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from {{ cookiecutter.package_name }}.corruptions import CORRUPTIONS, LEVELS
+
 TASKS = ("segmentation", "classification")
 SEVERITIES = ("low", "medium", "high", "critical")
 PROMOTE = ("if_better", "always", "never")
-CORRUPTIONS = ("gaussian_noise", "blur", "brightness", "contrast", "jpeg")
 
 
 class ParamsError(ValueError):
@@ -119,7 +120,7 @@ SCHEMA = {
     "robustness": {
         "subset": integer(1), "batch_size": integer(1), "epsilons": list_of(number(0)), "declared_epsilon": number(0),
         "pgd": {"steps": integer(1), "step_size": number(0, 1, lo_open=True)},
-        "corruptions": list_of(choice(*CORRUPTIONS)), "severities": list_of(choice(1, 2, 3)),
+        "corruptions": list_of(choice(*CORRUPTIONS)), "severities": list_of(choice(*LEVELS)),
         "bootstrap_resamples": integer(10), "levels": {"high": number(0, 1), "medium": number(0, 1)},
     },
     "register": {
