@@ -16,10 +16,11 @@ COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "report",
-                                      "tracking", "prepare", "train", "analyze", "optimize", "robustness",
-                                      "register", "compare")),
+                                      "tracking", "corruptions", "security", "prepare", "train", "analyze",
+                                      "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
-                                "test_optimize", "test_robustness", "test_register")),
+                                "test_optimize", "test_robustness", "test_corruptions", "test_security",
+                                "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
