@@ -1,6 +1,4 @@
 import json
-import os
-import pickle
 
 import pytest
 import torch
@@ -8,11 +6,6 @@ from torch import nn
 
 from {{ cookiecutter.package_name }} import models, optimize, robustness
 from {{ cookiecutter.package_name }} import task as task_module
-
-
-class Evil:
-    def __reduce__(self):  # unpickling this runs a shell command
-        return (os.system, ("echo pwned",))
 
 
 def _tiny_classifier():
@@ -50,57 +43,6 @@ def test_bootstrap_interval_brackets_the_estimate():
     out = robustness.evaluate(lambda x: x, logits, y, "classification", 3, batch_size=8, resamples=500, seed=0)
     assert out["accuracy"] == 0.75
     assert out["accuracy_ci_low"] < 0.75 < out["accuracy_ci_high"]
-
-
-def test_scanner_fails_a_planted_malicious_pickle(tmp_path):
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
-    torch.save({"weights": torch.zeros(2), "payload": Evil()}, tmp_path / "evil.pt")
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "clean.pt")
-    (result,) = robustness.check_scan(tmp_path)
-    assert result["status"] == "FAIL" and result["severity"] == "critical"
-    assert "evil.pkl" in result["evidence"] and "evil.pt" in result["evidence"] and "posix.system" in result["evidence"]
-    assert "clean.pt" not in result["evidence"]
-    (fmt,) = robustness.check_formats([tmp_path / "evil.pt"], None)
-    assert fmt["status"] == "FAIL"  # torch.load(weights_only=True) refuses it
-
-
-def test_safe_formats_pass(tmp_path):
-    model = _tiny_classifier()
-    models.save_checkpoint(tmp_path / "m.safetensors", model, {"x": 1})
-    optimize.export_onnx(model, [3, 8, 8], tmp_path / "m.onnx")
-    results = robustness.check_formats([tmp_path / "m.safetensors", tmp_path / "m.onnx"], None)
-    assert [r["status"] for r in results] == ["PASS", "PASS"]
-    assert robustness.check_scan(tmp_path)[0]["status"] == "PASS"
-
-
-def test_version_floors_cite_cves():
-    (torch_old, mlflow_new) = robustness.check_versions({"torch": "2.5.1+cpu", "mlflow": "3.17.2"})
-    assert torch_old["status"] == "FAIL" and "CVE-2025-32434" in torch_old["evidence"]
-    assert mlflow_new["status"] == "PASS"
-
-
-def test_tracking_configuration():
-    assert robustness.check_tracking("http://10.1.2.3:5000", env={})[0]["status"] == "WARN"
-    assert robustness.check_tracking("http://10.1.2.3:5000", env={"MLFLOW_TRACKING_USERNAME": "u"})[0][
-        "status"] == "PASS"
-    assert robustness.check_tracking("http://127.0.0.1:5000", env={})[0]["status"] == "PASS"
-    assert robustness.check_tracking("sqlite:////repo/mlflow.db", env={})[0]["status"] == "PASS"
-
-
-@pytest.mark.parametrize("values,status", [
-    ({"params.lr": 0.001, "tag.task": "segmentation"}, "PASS"),
-    ({"params.mlflow.api_token": "abc123"}, "FAIL"),
-    ({"params.mlflow.tracking_uri": "http://user:hunter2@host:5000"}, "FAIL"),
-    ({"tag.note": "AKIAABCDEFGHIJKLMNOP"}, "FAIL"),
-])
-def test_secret_patterns(values, status):
-    assert robustness.check_secrets(values)[0]["status"] == status
-
-
-def test_input_validation_is_real():
-    assert robustness.check_input_validation([3, 8, 8])[0]["status"] == "PASS"
-    with pytest.raises(ValueError, match="NaN"):
-        models.validate_input(torch.full((1, 3, 8, 8), float("nan")), [3, 8, 8])
 
 
 def test_robustness_stage(trained, runs, task):

@@ -38,8 +38,8 @@ SCHEDULERS = {
     "none": (None, ()),
 }
 
-# Common corruptions (robustness.corruptions; built in corruptions.py) and their severities.
-CORRUPTIONS = ("gaussian_noise", "blur", "brightness", "contrast", "jpeg")
+# Common corruptions (robustness.corruptions; built in corruptions.py) and ImageNet-C's five severities.
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "brightness", "contrast", "jpeg")
 CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
 
 # MLflow tracking URIs the project can talk to (MLflow's own store schemes).

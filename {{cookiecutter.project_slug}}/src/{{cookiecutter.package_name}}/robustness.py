@@ -145,14 +145,14 @@ def audit(p, run, deploy):
     values = {f"params.{k}": v for k, v in params.flatten(p).items()}
     if run:
         values.update({f"tag.{k}": v for k, v in mlflow.get_run(run.info.run_id).data.tags.items()})
-    findings, summary = security.audit(
+    findings, _ = security.audit(
         model_files=[paths.CHECKPOINT, deploy_path], scan_dir=paths.CHECKPOINT.parent,
         model_uri=json.loads(paths.RUN_FILE.read_text()).get("model_uri"),
         tracking_uri=tracking.tracking_uri(p["mlflow"]["tracking_uri"], tracking.repo_root()), values=values,
         input_shape=models.checkpoint_info(paths.CHECKPOINT)["input_shape"])
     hashes = {str(a): files.sha256(a) for a in artifacts}
     findings.append(security.finding("sha256", "PASS", "info", json.dumps(hashes)))
-    return findings, summary, hashes
+    return findings, security.summarize(findings), hashes
 
 
 def main():
