@@ -2,7 +2,9 @@
 
 import keyword
 import re
+import runpy
 import sys
+from pathlib import Path
 
 ANSWERS = {
     "project_slug": {{ cookiecutter.project_slug | tojson }},
@@ -16,8 +18,12 @@ ANSWERS = {
 }
 # Package names that would shadow what the project imports.
 SHADOWED = {"torch", "torchvision", "mlflow", "dvc", "numpy", "yaml", "safetensors", "tests", "test"}
-TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+psycopg://",
-                    "mysql://", "mysql+pymysql://", "mssql://", "databricks")
+# The valid names are the generated project's own (names.py: plain data, no imports), read from the template.
+# cookiecutter passes its folder as _repo_dir; tools that call cookiecutter's generate_files directly (cruft) do
+# not, and then the project's own params check is the only one.
+REPO = {{ cookiecutter._repo_dir | default("") | tojson }}
+NAMES_PY = Path(REPO) / "{% raw %}{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/names.py{% endraw %}"
+NAMES = runpy.run_path(str(NAMES_PY)) if REPO and NAMES_PY.is_file() else None
 
 
 def problems(a):
@@ -32,17 +38,24 @@ def problems(a):
     m = re.fullmatch(r"3\.(\d+)", a["python_version"])
     if not m or int(m.group(1)) < 10:
         yield ("python_version", "must be '3.N' with N >= 10 (torch>=2.10 needs Python 3.10+), e.g. '3.11'")
-    if not a["architecture"].strip():
-        yield ("architecture", "must not be empty (e.g. 'Unet' for segmentation, 'resnet18' for classification)")
-    if a["task"] == "segmentation" and a["encoder"] in ("", "none"):
-        yield ("encoder", "segmentation needs an encoder, e.g. 'resnet18'")
-    uri = a["mlflow_tracking_uri"]
-    if not uri.startswith(TRACKING_SCHEMES) or re.search(r"\s", uri):
-        yield ("mlflow_tracking_uri", "must start with one of " + ", ".join(TRACKING_SCHEMES)
-               + " (default 'sqlite:///mlflow.db'; the './mlruns' file store is legacy in MLflow 3)")
+    if NAMES is not None:
+        yield from name_problems(a)
     if re.search(r"\s", a["dvc_remote"]):
         yield ("dvc_remote", "must be a URL or path without spaces (e.g. 's3://bucket/path' or '/mnt/dvc-store'), "
                "or empty for none")
+
+
+def name_problems(a):
+    seg = a["task"] == "segmentation"
+    architectures = NAMES["SEGMENTATION_ARCHITECTURES" if seg else "CLASSIFICATION_ARCHITECTURES"]
+    if a["architecture"] not in architectures:
+        yield ("architecture", f"valid {a['task']} architectures: {', '.join(architectures)}")
+    if seg and a["encoder"] not in NAMES["ENCODERS"]:
+        yield ("encoder", f"valid encoders: {', '.join(NAMES['ENCODERS'])}")
+    uri = a["mlflow_tracking_uri"]
+    if not uri.startswith(NAMES["TRACKING_SCHEMES"]) or re.search(r"\s", uri):
+        yield ("mlflow_tracking_uri", "must start with one of " + ", ".join(NAMES["TRACKING_SCHEMES"])
+               + " (default 'sqlite:///mlflow.db'; the './mlruns' file store is legacy in MLflow 3)")
 
 
 errors = list(problems(ANSWERS))

@@ -128,6 +128,17 @@ def test_one_floor_of_stages_over_one_floor_of_library(case):
         assert not imported_stages, f"{module} imports the stage module(s) {imported_stages}"
 
 
+def test_functions_stay_short_and_train_trains_only(case):
+    # Long functions were where the stages' copies of the same start, end and evaluation loop hid.
+    _, project = case
+    src = project / "src" / project.name.replace("-", "_")
+    for module in src.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{module.name}:{node.name} is over 60 lines"
+    assert len((src / "train.py").read_text().splitlines()) <= 250
+
+
 def test_paths_are_written_once(case):
     # dvc.yaml declares every path the stages use (paths.py), and no module spells a path of its own.
     _, project = case

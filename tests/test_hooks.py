@@ -1,9 +1,11 @@
 """Bad answers: one line naming the field and the rule, and nothing generated."""
 
+import runpy
+
 import pytest
 from cookiecutter.exceptions import FailedHookException
 
-from conftest import bake
+from conftest import TEMPLATE, bake
 
 
 @pytest.mark.parametrize("answers,field", [
@@ -22,6 +24,9 @@ from conftest import bake
     ({"dvc_remote": "/path with spaces"}, "dvc_remote"),
     ({"encoder": "none"}, "encoder"),
     ({"architecture": " "}, "architecture"),
+    ({"architecture": "NoSuchNet"}, "architecture"),
+    ({"task": "classification", "architecture": "Unet"}, "architecture"),
+    ({"encoder": "resnet19"}, "encoder"),
 ])
 def test_bad_answer_is_rejected_by_name(tmp_path, capfd, answers, field):
     with pytest.raises(FailedHookException):
@@ -43,3 +48,14 @@ def test_several_bad_answers_are_all_reported(tmp_path, capfd):
         bake(tmp_path, project_slug="Bad Slug", python_version="2.7")
     err = capfd.readouterr().err
     assert "ERROR: project_slug=" in err and "ERROR: python_version=" in err
+
+
+def test_the_hook_and_the_project_accept_the_same_names(tmp_path, capfd):
+    # One source: the hook reads the generated project's names.py, so every name it lists is one params.py takes.
+    names = runpy.run_path(str(TEMPLATE / "{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/names.py"))
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, architecture="NoSuchNet")
+    assert ", ".join(names["SEGMENTATION_ARCHITECTURES"]) in capfd.readouterr().err
+    project = bake(tmp_path, task="classification", architecture=names["CLASSIFICATION_ARCHITECTURES"][-1],
+                   init_git=False)
+    assert (project / "params.yaml").exists()
