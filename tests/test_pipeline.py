@@ -61,14 +61,16 @@ def test_dvc_metrics_written(pipeline):
     assert 0 <= train[f"test/{metric}"] <= 1 and train["epochs_run"] == 2
     assert files["metrics/prepare.json"]["data"]["train/images"] == 28
     assert files["metrics/analyze.json"]["data"]["params/total"] > 0
-    assert files["metrics/optimize.json"]["data"]["fp32/speedup_batch_1"] == 1.0
+    assert files["metrics/optimize.json"]["data"]["deployable/speedup_batch_1"] > 0
     robust = files["metrics/robustness.json"]["data"]
-    assert robust[f"pgd/eps0/{metric}"] == pytest.approx(robust[f"clean/{metric}"])
+    curve = json.loads((project / "plots/robustness/curve.json").read_text())
+    assert curve[0]["epsilon"] == 0 and curve[0]["pgd"] == pytest.approx(robust[f"clean/{metric}"])
+    # DVC's tables show the headline figures only (details in reports/): a readable `dvc exp show`
+    assert sum(len(f["data"]) for f in files.values()) < 80
     assert robust["security/fail"] == 0
     register = files["metrics/register.json"]["data"]
     assert register["passed"] == register["registered"] == 1 and register["version"] == 1
-    assert register["champion_version"] == 1 and register["gate/min_quality/value"] == pytest.approx(
-        json.loads((project / "models/deployable/deployable.json").read_text())[metric])
+    assert register["champion_version"] == 1 and register["gate/min_quality/passed"] == 1
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]
     assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
 
@@ -318,7 +320,7 @@ def test_failing_gate_registers_nothing_and_fails_only_when_asked(pipeline):
     before = len(versions(project))
     out = sh(project, "dvc", "exp", "run", "-S", "register.gates.min_quality=2")
     assert "Running stage 'register'" in out and "Running stage 'train'" not in out
-    assert "not registered: gates failed: min_quality" in out
+    assert "not registered: gates not passed: min_quality" in out
     decision = json.loads((project / "metrics/register.json").read_text())
     assert decision["passed"] == decision["registered"] == 0 and decision["gate/min_quality/passed"] == 0
     out = sh(project, "dvc", "exp", "run", "-S", "register.fail_on_gate=true", ok=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import measure, models, optimize, runtime
+from {{ cookiecutter.package_name }} import measure, models, optimize, report, runtime
 
 
 def test_global_pruning_reaches_the_asked_sparsity_and_keeps_the_original():
@@ -90,3 +90,29 @@ def test_missing_onnxruntime_is_reported_not_measured(trained, monkeypatch):
     assert set(report["variants"]) == {"fp32", "pruned"}
     assert "not measured" in report["notes"]["int8_onnxruntime"]
     assert "not measured" in (trained / "reports/optimize.md").read_text()
+
+
+def test_injected_noise_is_flagged_and_remeasured(capsys):
+    # One variant stalls on some calls (another process taking the core): its figures must be marked, not used.
+    import itertools
+    import time
+
+    stalls = itertools.cycle([0, 0, 0, 0.02])
+    fns = {"fp32": lambda x: time.sleep(0.002), "noisy": lambda x: time.sleep(0.002 + next(stalls))}
+    lat = {"batch_size": 2, "warmup": 1, "runs": 12, "remeasure": 1,
+           "reliability": {"max_p90_p50": 1.5, "max_interval_width": 0.25}}
+    b1, bn = optimize.timed(fns, [3, 4, 4], lat)
+    assert not b1["noisy"]["reliable"] and "p90/p50" in b1["noisy"]["reliability"]
+    assert "attempt 2" in capsys.readouterr().out  # measured again before giving up
+    row = report.variant_rows({"noisy": {"size_mb": 1.0, "gzip_mb": 1.0, "size_change": 0.0, "latency_batch_1": b1[
+        "noisy"], "latency_batch_n": bn["noisy"], "dice": 0.9, "dice_change": 0.0, "agreement": 1.0}}, "dice",
+                              "noisy")[0]
+    assert row["b1 speedup"].startswith("UNRELIABLE")
+
+
+def test_reliability_verdict_on_known_figures():
+    steady = {"p90_p50": 1.1, "speedup": 2.0, "speedup_ci_low": 1.9, "speedup_ci_high": 2.1}
+    assert measure.reliability(steady, 1.5, 0.25) == (True, "ok")
+    assert not measure.reliability({**steady, "p90_p50": 3.2}, 1.5, 0.25)[0]
+    ok, why = measure.reliability({**steady, "speedup_ci_low": 1.0, "speedup_ci_high": 3.0}, 1.5, 0.25)
+    assert not ok and "interval [1.00, 3.00]" in why

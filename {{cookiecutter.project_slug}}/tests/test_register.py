@@ -33,6 +33,16 @@ def test_gates_pass_and_fail_on_the_right_side_of_each_threshold():
     assert "max_blocking_findings" not in _gates({"dice": 0.9, "p50_ms_batch_1": 1.0}, block=None)
 
 
+def test_an_unreliable_latency_neither_passes_nor_fails_its_gate():
+    values = {"max_latency_ms": 5.0, "min_quality": 0.9}
+    gates = register.evaluate_gates(values, {"max_latency_ms": 50, "min_quality": 0.8},
+                                    {"max_latency_ms": "p90/p50 3.10 > 1.5"})
+    latency, quality = gates
+    assert latency["passed"] is False and latency["verdict"] == "unreliable: p90/p50 3.10 > 1.5"
+    assert quality["passed"] and quality["verdict"] == "pass"
+    assert register.flat_metrics(False, gates, {"registered": False})["gates_unreliable"] == 1
+
+
 def test_promotion_policy():
     assert register.should_promote("if_better", 0.9, None)  # no champion yet
     assert register.should_promote("if_better", 0.9, 0.8)

@@ -30,6 +30,7 @@ COLUMNS = [
     ("weights MB", "analyze/memory/weights_mb"), ("activation peak MB", "analyze/memory/activation_peak_mb"),
     ("fp32 b1 p50 ms", "analyze/latency/batch_1/p50_ms"), ("deployable", "tag:deployable_variant"),
     ("size change", "optimize/deployable/size_change"), ("b1 speedup", "optimize/deployable/speedup_batch_1"),
+    ("speedup reliable", "optimize/deployable/latency_reliable"),
     ("robustness score", "robustness/score"), ("security FAIL", "robustness/security/fail"),
     ("security WARN", "robustness/security/warn"), ("registry version", "tag:registry_version"),
     ("run id", "attr:run_id"),
@@ -49,6 +50,8 @@ def row_of(run):
             value = run.data.metrics.get(key.format(m=m), "")
         if column == "params" and value != "":
             value = int(value)
+        if column == "speedup reliable" and value != "":
+            value = "yes" if value else "UNRELIABLE"  # a noisy speedup is never shown as a plain number
         row[column.format(m=m)] = value
     return row
 

@@ -108,7 +108,8 @@ def latency_stats(samples, batch_size):
     ms = sorted(s * 1000 for s in samples)
     q = statistics.quantiles(ms, n=100, method="inclusive")  # q[k-1] = k-th percentile
     stats = {"p50_ms": statistics.median(ms), "p90_ms": q[89], "mean_ms": statistics.fmean(ms),
-             "iqr_ms": q[74] - q[24], "runs": len(ms), "throughput_per_s": batch_size * 1000 / statistics.fmean(ms)}
+             "iqr_ms": q[74] - q[24], "runs": len(ms), "throughput_per_s": batch_size * 1000 / statistics.fmean(ms),
+             "p90_p50": q[89] / statistics.median(ms)}  # dispersion: 1.0 = every run alike
     if len(ms) >= 1000:
         stats["p99_ms"] = q[98]
     return stats
@@ -122,7 +123,8 @@ def model_latency(model, x, warmup, runs):
 
 def interleaved_latency(fns, x, warmup, rounds, baseline="fp32"):
     """Time every fn(x) once per round, the order rotating each round so no variant always runs first.
-    Returns {name: latency stats + speedup (median of per-round baseline / variant ratios)}."""
+    Returns {name: latency stats + speedup (median of per-round baseline / variant ratios) and its 95% interval
+    (bootstrap over rounds)}."""
     names = list(fns)
     with torch.inference_mode():
         for fn in fns.values():
@@ -134,12 +136,40 @@ def interleaved_latency(fns, x, warmup, rounds, baseline="fp32"):
                 start = time.perf_counter_ns()
                 fns[n](x)
                 times[n].append((time.perf_counter_ns() - start) / 1e9)
-    return {n: {**latency_stats(times[n], x.shape[0]), "speedup": pairwise_speedup(times[baseline], times[n])}
-            for n in names}
+    out = {}
+    for n in names:
+        ratios = [b / v for b, v in zip(times[baseline], times[n], strict=True)]
+        low, high = median_interval(ratios)
+        out[n] = {**latency_stats(times[n], x.shape[0]), "speedup": statistics.median(ratios),
+                  "speedup_ci_low": low, "speedup_ci_high": high}
+    return out
 
 
 def pairwise_speedup(baseline, variant):
     return statistics.median(b / v for b, v in zip(baseline, variant, strict=True))
+
+
+def median_interval(values, resamples=1000, level=0.95, seed=0):
+    """Percentile bootstrap interval of the median of `values` (seeded: the same values, the same interval)."""
+    x = torch.tensor(values, dtype=torch.float64)
+    idx = torch.randint(0, len(x), (resamples, len(x)), generator=torch.Generator().manual_seed(seed))
+    medians = x[idx].quantile(0.5, dim=1)
+    low, high = torch.quantile(medians, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return low.item(), high.item()
+
+
+def reliability(stats, max_p90_p50, max_interval_width):
+    """Whether a latency figure (and its speedup, when it has one) can be trusted: dispersion within
+    max_p90_p50, and the speedup's 95% interval no wider than max_interval_width x the speedup. Returns
+    (reliable, reason); the reason names the figure that failed."""
+    if stats["p90_p50"] > max_p90_p50:
+        return False, f"p90/p50 {stats['p90_p50']:.2f} > {max_p90_p50} (the machine was busy while timing)"
+    if "speedup" in stats:
+        width = (stats["speedup_ci_high"] - stats["speedup_ci_low"]) / stats["speedup"]
+        if width > max_interval_width:
+            return False, (f"speedup {stats['speedup']:.2f}x has a 95% interval [{stats['speedup_ci_low']:.2f}, "
+                           f"{stats['speedup_ci_high']:.2f}] wider than {max_interval_width:.0%} of it")
+    return True, "ok"
 
 
 def environment():

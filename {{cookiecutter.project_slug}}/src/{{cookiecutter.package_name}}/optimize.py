@@ -96,16 +96,6 @@ def choose(table, metric, min_quality_ratio):
     return min(eligible, key=lambda n: eligible[n]["latency_batch_1"]["p50_ms"])
 
 
-def table_rows(table, metric, chosen):
-    """The variants table as rows for report.markdown / report.rows_table."""
-    return [{"variant": f"{n}{' (deployable)' if n == chosen else ''}", "size MB": v["size_mb"],
-             "gzip MB": v["gzip_mb"], "size change": f"{v['size_change']:+.1%}",
-             "b1 p50 ms": v["latency_batch_1"]["p50_ms"], "b1 speedup": f"{v['latency_batch_1']['speedup']:.2f}x",
-             "bN p50 ms": v["latency_batch_n"]["p50_ms"], "bN speedup": f"{v['latency_batch_n']['speedup']:.2f}x",
-             metric: v[metric], "change": f"{v[metric + '_change']:+.4f}", "agreement": v["agreement"]}
-            for n, v in table.items()]
-
-
 def build_variants(model, model_args, input_shape, op, seed, train_images, tmp):
     """{name: (callable, file it would ship as)} and notes on what was not measured or how to read a variant."""
     variants, notes = {"fp32": (model, paths.CHECKPOINT)}, {}
@@ -134,11 +124,28 @@ def build_variants(model, model_args, input_shape, op, seed, train_images, tmp):
     return variants, notes
 
 
+def timed(fns, input_shape, lat):
+    """Interleaved latency at batch 1 and N, re-measured (up to lat['remeasure'] times) while a figure is
+    unreliable; each variant's figures carry `reliable` and, when not, the reason."""
+    rel = lat["reliability"]
+    for attempt in range(lat["remeasure"] + 1):
+        b1 = measure.interleaved_latency(fns, torch.rand(1, *input_shape), lat["warmup"], lat["runs"])
+        bn = measure.interleaved_latency(fns, torch.rand(lat["batch_size"], *input_shape), lat["warmup"], lat["runs"])
+        verdicts = {(n, b): measure.reliability(t[n], rel["max_p90_p50"], rel["max_interval_width"])
+                    for b, t in (("b1", b1), ("bn", bn)) for n in fns}
+        if all(ok for ok, _ in verdicts.values()):
+            break
+        bad = [f"{n} {b}: {why}" for (n, b), (ok, why) in verdicts.items() if not ok]
+        print(f"optimize: latency unreliable (attempt {attempt + 1}): {'; '.join(bad)}")
+    for b, t in (("b1", b1), ("bn", bn)):
+        for n in fns:
+            t[n]["reliable"], t[n]["reliability"] = verdicts[(n, b)][0], verdicts[(n, b)][1]
+    return b1, bn
+
+
 def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
     """{name: sizes, test quality, latency at batch 1 and N (interleaved), agreement with fp32's predictions}."""
-    fns = {name: fn for name, (fn, _) in variants.items()}
-    b1 = measure.interleaved_latency(fns, torch.rand(1, *input_shape), lat["warmup"], lat["runs"])
-    bn = measure.interleaved_latency(fns, torch.rand(lat["batch_size"], *input_shape), lat["warmup"], lat["runs"])
+    b1, bn = timed({name: fn for name, (fn, _) in variants.items()}, input_shape, lat)
     metric, table, fp32_size, fp32_preds = task.primary_metric(task_name), {}, None, None
     for name, (fn, path) in variants.items():
         out = task.evaluate(fn, data.batches(*test, lat["batch_size"]), task_name, num_classes, keep_predictions=True)
@@ -154,19 +161,14 @@ def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
 
 
 def flat_metrics(table, chosen, metric):
-    """metrics/optimize.json: the deployable's headline figures, then each variant's."""
-    metrics = {"deployable/speedup_batch_1": table[chosen]["latency_batch_1"]["speedup"],
-               "deployable/size_change": table[chosen]["size_change"],
-               f"deployable/{metric}_change": table[chosen][f"{metric}_change"]}
-    for name, v in table.items():
-        metrics.update({f"{name}/size_mb": v["size_mb"], f"{name}/gzip_mb": v["gzip_mb"],
-                        f"{name}/p50_ms_batch_1": v["latency_batch_1"]["p50_ms"],
-                        f"{name}/p90_ms_batch_1": v["latency_batch_1"]["p90_ms"],
-                        f"{name}/speedup_batch_1": v["latency_batch_1"]["speedup"],
-                        f"{name}/p50_ms_batch_n": v["latency_batch_n"]["p50_ms"],
-                        f"{name}/speedup_batch_n": v["latency_batch_n"]["speedup"],
-                        f"{name}/{metric}": v[metric], f"{name}/agreement": v["agreement"]})
-    return metrics
+    """metrics/optimize.json: the deployable's headline figures (every variant's are in reports/optimize.json)."""
+    b1 = table[chosen]["latency_batch_1"]
+    return {"deployable/p50_ms_batch_1": b1["p50_ms"], "deployable/p90_p50_batch_1": b1["p90_p50"],
+            "deployable/speedup_batch_1": b1["speedup"], "deployable/speedup_batch_1_ci_low": b1["speedup_ci_low"],
+            "deployable/speedup_batch_1_ci_high": b1["speedup_ci_high"], "deployable/latency_reliable": int(
+                b1["reliable"]), "deployable/size_change": table[chosen]["size_change"],
+            f"deployable/{metric}": table[chosen][metric], f"deployable/{metric}_change": table[chosen][
+                f"{metric}_change"]}
 
 
 def write_deployable(source, chosen, table, metric, input_shape, model_args):
@@ -176,7 +178,9 @@ def write_deployable(source, chosen, table, metric, input_shape, model_args):
         files.write_json(out / paths.DEPLOY_INFO.name, {
             "variant": chosen, "file": target.name, "input_shape": input_shape, "model_args": model_args,
             "runtime": "onnxruntime" if target.suffix == ".onnx" else "pytorch",
-            metric: table[chosen][metric], "p50_ms_batch_1": table[chosen]["latency_batch_1"]["p50_ms"]})
+            metric: table[chosen][metric], "p50_ms_batch_1": table[chosen]["latency_batch_1"]["p50_ms"],
+            "latency_reliable": table[chosen]["latency_batch_1"]["reliable"],
+            "latency_reliability": table[chosen]["latency_batch_1"]["reliability"]})
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
@@ -198,13 +202,16 @@ def main():
         protocol = {"latency": "interleaved in one process, order rotated each round; speedup = median of "
                                "per-round fp32 / variant ratios", "batch_n": lat["batch_size"],
                     "warmup": lat["warmup"], "runs": lat["runs"], "quality_split": "test",
+                    "reliability": f"p90/p50 <= {lat['reliability']['max_p90_p50']} and speedup 95% interval "
+                                   f"<= {lat['reliability']['max_interval_width']:.0%} of it, re-measured up to "
+                                   f"{lat['remeasure']} times",
                     "selection": f"fastest batch-1 p50 with {metric} >= {op['select']['min_quality_ratio']} x fp32",
                     "quantization": "onnxruntime quantize_static, QDQ, uint8 activations, int8 per-channel weights, "
                                     "MinMax calibration", **measure.environment()}
         write_deployable(Path(variants[chosen][1]), chosen, table, metric, input_shape, model_args)
         files.write_json(paths.OPTIMIZE_REPORT, {"variants": table, "deployable": chosen, "notes": notes,
                                                  "protocol": protocol})
-        markdown = report.markdown(table_rows(table, metric, chosen))
+        markdown = report.markdown(report.variant_rows(table, metric, chosen))
         with files.atomic_path(paths.OPTIMIZE_TABLE) as t:
             t.write_text(markdown + "".join(f"\n- {k}: {v}" for k, v in notes.items()))
         with files.atomic_path(paths.PARETO) as t:

@@ -115,7 +115,8 @@ SCHEMA = {
     "optimize": {
         "quantization": {"enabled": boolean, "calibration_images": integer(1), "calibration_batch_size": integer(1)},
         "pruning": {"enabled": boolean, "amount": number(0, 1, hi_open=True)},
-        "latency": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1)},
+        "latency": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(3), "remeasure": integer(0),
+                    "reliability": {"max_p90_p50": number(1), "max_interval_width": number(0, lo_open=True)}},
         "select": {"min_quality_ratio": number(0, 1, lo_open=True)},
     },
     "robustness": {

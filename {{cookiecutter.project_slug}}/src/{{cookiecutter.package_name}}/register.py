@@ -50,13 +50,20 @@ def gate_values(metric, deployable, optimize_metrics, robustness_metrics, block_
     return values
 
 
-def evaluate_gates(values, thresholds):
-    """[{gate, value, threshold, passed}]: `min_*` gates need value >= threshold, `max_*` value <= threshold."""
+def evaluate_gates(values, thresholds, unreliable=None):
+    """[{gate, value, threshold, passed, verdict}]: `min_*` gates need value >= threshold, `max_*` value <=
+    threshold. A gate in `unreliable` ({gate: reason}) is judged neither way: passed False, verdict
+    'unreliable: <reason>', so a noisy measurement can neither let a model through nor reject it unnoticed."""
     out = []
     for gate, value in values.items():
         limit = thresholds[gate]
-        passed = value >= limit if gate.startswith("min_") else value <= limit
-        out.append({"gate": gate, "value": value, "threshold": limit, "passed": bool(passed)})
+        if gate in (unreliable or {}):
+            out.append({"gate": gate, "value": value, "threshold": limit, "passed": False,
+                        "verdict": f"unreliable: {unreliable[gate]}"})
+            continue
+        passed = bool(value >= limit if gate.startswith("min_") else value <= limit)
+        out.append({"gate": gate, "value": value, "threshold": limit, "passed": passed,
+                    "verdict": "pass" if passed else "fail"})
     return out
 
 
@@ -135,11 +142,7 @@ def lock_tags(lock):
 
 def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustness_r):
     metric = robustness_r["summary"]["metric"]
-    variants = [{"variant": n, "size MB": v["size_mb"], "gzip MB": v["gzip_mb"], "size change": v["size_change"],
-                 "b1 p50 ms": v["latency_batch_1"]["p50_ms"], "b1 speedup": v["latency_batch_1"]["speedup"],
-                 "bN p50 ms": v["latency_batch_n"]["p50_ms"], "bN speedup": v["latency_batch_n"]["speedup"],
-                 metric: v[metric], "change": v[f"{metric}_change"], "agreement": v["agreement"]}
-                for n, v in optimize_r["variants"].items()]
+    variants = report.variant_rows(optimize_r["variants"], metric, optimize_r["deployable"])
     s = robustness_r["summary"]
     verdict = "passed" if all(g["passed"] for g in gates) else "failed"
     return report.page(title, (
@@ -161,8 +164,9 @@ def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustn
 def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
     """Register the deployable when every gate passed and tracking is on; else say why not."""
     if not passed:
-        failed = ", ".join(f"{g['gate']} ({g['value']:.4g} vs {g['threshold']})" for g in gates if not g["passed"])
-        return {"registered": False, "reason": f"gates failed: {failed}"}
+        failed = ", ".join(f"{g['gate']} ({g['value']:.4g} vs {g['threshold']}: {g['verdict']})" for g in gates
+                           if not g["passed"])
+        return {"registered": False, "reason": f"gates not passed: {failed}"}
     if run is None:
         return {"registered": False, "reason": "mlflow.enabled is false: no registry to register in"}
     deploy_path = paths.DEPLOY_DIR / deploy["file"]
@@ -184,7 +188,8 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
 def flat_metrics(passed, gates, outcome):
     metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
     for g in gates:
-        metrics.update({f"gate/{g['gate']}/value": g["value"], f"gate/{g['gate']}/passed": int(g["passed"])})
+        metrics[f"gate/{g['gate']}/passed"] = int(g["passed"])  # values and verdicts: reports/model.html
+    metrics["gates_unreliable"] = sum(g["verdict"].startswith("unreliable") for g in gates)
     if outcome["registered"]:
         metrics.update(version=outcome["version"], promoted=int(outcome["promoted"]),
                        champion_version=outcome["champion_version"])
@@ -200,7 +205,8 @@ def main():
     values = gate_values(metric, deploy, files.read_json(paths.metrics("optimize")),
                          files.read_json(paths.metrics("robustness")), rg["gates"]["block_severity"])
     # Security: zero findings at or above block_severity are allowed.
-    gates = evaluate_gates(values, {**rg["gates"], "max_blocking_findings": 0})
+    unreliable = {} if deploy.get("latency_reliable", True) else {"max_latency_ms": deploy["latency_reliability"]}
+    gates = evaluate_gates(values, {**rg["gates"], "max_blocking_findings": 0}, unreliable)
     passed = all(g["passed"] for g in gates)
     with tracking.pipeline_run(p["mlflow"]) as run:
         outcome = registry_outcome(run, rg, deploy, metric, passed, gates,

@@ -42,6 +42,23 @@ def markdown(rows):
             + "".join("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
 
 
+def speedup_cell(t):
+    """'3.76x [3.5, 4.0]', or the same marked UNRELIABLE: a noisy figure is never shown as a plain number."""
+    cell = f"{t['speedup']:.2f}x [{t['speedup_ci_low']:.2f}, {t['speedup_ci_high']:.2f}]"
+    return cell if t["reliable"] else f"UNRELIABLE {cell}"
+
+
+def variant_rows(table, metric, chosen):
+    """optimize's variants table (reports/optimize.json) as rows for markdown / rows_table."""
+    return [{"variant": f"{n}{' (deployable)' if n == chosen else ''}", "size MB": v["size_mb"],
+             "gzip MB": v["gzip_mb"], "size change": f"{v['size_change']:+.1%}",
+             "b1 p50 ms": v["latency_batch_1"]["p50_ms"], "b1 p90/p50": v["latency_batch_1"]["p90_p50"],
+             "b1 speedup": speedup_cell(v["latency_batch_1"]),
+             "bN p50 ms": v["latency_batch_n"]["p50_ms"], "bN speedup": speedup_cell(v["latency_batch_n"]),
+             metric: v[metric], "change": f"{v[metric + '_change']:+.4f}", "agreement": v["agreement"]}
+            for n, v in table.items()]
+
+
 def pairs_table(pairs):
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in pairs)
     return f"<table>{body}</table>"

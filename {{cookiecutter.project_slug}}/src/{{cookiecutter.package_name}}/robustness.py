@@ -127,14 +127,14 @@ def corruption_rows(models_, x, rp, ev, seed):
     return rows
 
 
-def flat_metrics(metric, clean, score, deploy_score, level, curve, corruption, summary_counts):
+def flat_metrics(metric, clean, score, deploy_score, level, corruption, summary_counts):
+    """metrics/robustness.json: the headline figures; per-epsilon and per-corruption rows are in the report."""
     metrics = {f"clean/{metric}": clean["fp32"][metric], f"deployable/clean/{metric}": clean["deployable"][metric],
                "score": score, "deployable/score": deploy_score, "level": level,
                **{f"security/{k}": v for k, v in summary_counts.items()}}
-    for r in curve:
-        metrics.update({f"{a}/eps{r['epsilon']}/{metric}": v for a, v in r.items() if a != "epsilon"})
-    for r in corruption:
-        metrics[f"{r['model']}/{r['corruption']}/s{r['severity']}/{metric}"] = r[metric]
+    for model in ("fp32", "deployable"):  # the mean over every corruption and severity measured
+        rows = [r[metric] for r in corruption if r["model"] == model]
+        metrics[f"{model}/corrupted/{metric}"] = sum(rows) / len(rows)
     return metrics
 
 
@@ -180,7 +180,7 @@ def main():
         score = declared["pgd"] / max(clean["fp32"][metric], 1e-12)
         deploy_score = declared["pgd_transfer_deployable"] / max(clean["deployable"][metric], 1e-12)
         findings, summary_counts, hashes = audit(p, run, deploy)
-        metrics = flat_metrics(metric, clean, score, deploy_score, level_of(score, rp["levels"]), curve, corruption,
+        metrics = flat_metrics(metric, clean, score, deploy_score, level_of(score, rp["levels"]), corruption,
                                summary_counts)
         rep = {"summary": {"metric": metric, "declared_epsilon": rp["declared_epsilon"], "score": score,
                            "level": metrics["level"], "deployable": deploy["variant"], "deployable_score": deploy_score,
