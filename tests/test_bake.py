@@ -17,9 +17,9 @@ COMMON = {
     ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "data", "files", "measure", "models", "params", "report",
                                       "tracking", "prepare", "train", "analyze", "optimize", "robustness",
-                                      "register", "compare")),
+                                      "register", "compare", "serving")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
-                                "test_optimize", "test_robustness", "test_register")),
+                                "test_optimize", "test_robustness", "test_register", "test_serving")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
