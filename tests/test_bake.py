@@ -18,11 +18,11 @@ COMMON = {
     ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "names", "paths", "data", "files", "measure", "models", "params",
                                       "plots", "report", "runtime", "stage", "task", "tracking", "corruptions",
-                                      "security", "prepare", "train",
+                                      "security", "serving", "prepare", "train",
                                       "analyze", "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
                                 "test_optimize", "test_robustness", "test_corruptions", "test_security",
-                                "test_register", "test_task", "test_tracking", "test_stage", "test_params")),
+                                "test_register", "test_task", "test_tracking", "test_stage", "test_params", "test_serving")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 

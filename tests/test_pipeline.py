@@ -5,8 +5,10 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -142,12 +144,23 @@ def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp
     assert version.tags["artifact_sha256"] == recorded
     assert {"git_commit", "dvc_exp_name", "data_sha256", "previous_champion", "promoted_at"} <= set(version.tags)
     model = mlflow.pyfunc.load_model(f"models:/{project.name}@champion")
-    out = model.predict(raw_image(project, tmp_path))
-    logits = np.asarray(next(iter(out.values())) if isinstance(out, dict) else out)
+    logits = model.predict(raw_image(project, tmp_path))  # one output schema, whichever variant is deployed
+    assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
     assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
 
 
-def test_champion_answers_over_rest(pipeline, tmp_path):
+def post(port, payload):
+    """(HTTP status, body) of a JSON POST to the scoring server's /invocations."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_champion_answers_over_rest_and_refuses_bad_input_with_the_rule(pipeline, tmp_path):
     task, project, _ = pipeline
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +170,14 @@ def test_champion_answers_over_rest(pipeline, tmp_path):
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{project.name}@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    image = raw_image(project, tmp_path)  # (1, 3, 32, 32) float32 in [0, 1]
+    # JSON has no dtypes (the server reads numbers as the signature's float32), so float64 is a Python-side
+    # case, tested in the baked project's tests/test_serving.py.
+    bad = {"NaN": (np.where(image > 0.5, np.nan, image), "NaN or infinite"),
+           "0-255 pixels": (image * 255, r"expected \[0, 1\]"),
+           "wrong H, W": (image[:, :, :16], r"[Ss]hape of input \(1, 3, 16, 32\)"),
+           "wrong channels": (image[:, :1], r"[Ss]hape of input \(1, 1, 32, 32\)"),
+           "3-D": (image[0], r"[Ss]hape of input \(3, 32, 32\)")}
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -166,15 +187,21 @@ def test_champion_answers_over_rest(pipeline, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "mlflow models serve did not start"
                 time.sleep(0.5)
-        body = json.dumps({"inputs": raw_image(project, tmp_path).tolist()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                         {"Content-Type": "application/json"})
-        predictions = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        first = post(port, {"inputs": image.tolist()})
+        refused = {name: post(port, {"inputs": x.tolist()}) for name, (x, _) in bad.items()}
+        after = post(port, {"inputs": image.tolist()})  # still serving, and the same answer
     finally:
         server.terminate()
         server.wait(30)
-    logits = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
-    assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3))
+    for name, (status, body) in refused.items():
+        assert status == 400, (name, status, body)
+        assert re.search(bad[name][1], json.loads(body)["message"]), (name, body)
+        # Only the message: no stack trace, no file of the server's.
+        assert "Traceback" not in body and 'File "' not in body and str(project) not in body, (name, body)
+        assert sys.prefix not in body and "site-packages" not in body, (name, body)
+    assert first[0] == after[0] == 200 and first[1] == after[1]
+    logits = np.asarray(json.loads(after[1])["predictions"], dtype=np.float32)
+    assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
 
 
 def test_model_report_renders_with_its_images(pipeline, tmp_path):

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,30 @@ def test_stage_imports_leave_the_model_libraries_until_a_model_is_built():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}).stdout
     assert out.strip() == "[]"
+
+
+GOOD = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+
+
+# numpy arrays are what a served model receives (serving.py), tensors what the stages pass.
+@pytest.mark.parametrize("kind", [np.asarray, torch.from_numpy], ids=["numpy", "torch"])
+@pytest.mark.parametrize("x,rule", [
+    (GOOD.astype(np.float64), r"dtype .*float64: expected float32"),
+    ((GOOD * 255).round().astype(np.uint8), r"dtype .*uint8: expected float32"),
+    (GOOD[:, :, :4], r"shape \(2, 3, 4, 8\): expected \(B, 3, 8, 8\)"),
+    (GOOD[:, :1], r"shape \(2, 1, 8, 8\)"),
+    (GOOD[0], r"shape \(3, 8, 8\)"),
+    (GOOD[:0], r"shape \(0, 3, 8, 8\).*B >= 1"),
+    (np.where(GOOD > 0.5, np.inf, GOOD).astype(np.float32), "NaN or infinite"),
+    (GOOD * 255, r"span \[0.*, 25.*\]: expected \[0, 1\]"),
+    (GOOD - 0.5, r"span \[-0.4.*, 0.4.*\]: expected \[0, 1\]"),
+], ids=["float64", "uint8", "height", "channels", "3-D", "empty", "inf", "0-255", "negative"])
+def test_validate_input_names_the_broken_rule(kind, x, rule):
+    with pytest.raises(ValueError, match=rule):
+        models.validate_input(kind(np.ascontiguousarray(x)), [3, 8, 8])
+    assert models.validate_input(kind(GOOD), [3, 8, 8]) is not None
+
+
+def test_validate_input_refuses_other_types():
+    with pytest.raises(ValueError, match="expected a torch.Tensor or numpy.ndarray"):
+        models.validate_input(GOOD.tolist(), [3, 8, 8])

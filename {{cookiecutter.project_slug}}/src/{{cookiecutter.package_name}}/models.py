@@ -12,6 +12,7 @@ part of the model, so exported and served models, attacks and corruptions all wo
 import functools
 import json
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -122,17 +123,25 @@ def check_input_size(model, size, name):
 
 
 def validate_input(x, input_shape):
-    """The gate in front of inference: float32 (B, C, H, W) images in [0, 1], finite, at the trained size."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"input is a {type(x).__name__}: expected a torch.Tensor")
-    if x.dtype != torch.float32:
-        raise ValueError(f"input dtype {x.dtype}: expected torch.float32 (uint8 images: x.float() / 255)")
-    if x.dim() != 4 or list(x.shape[1:]) != list(input_shape):
-        raise ValueError(f"input shape {tuple(x.shape)}: expected (B, {', '.join(map(str, input_shape))})")
-    if not torch.isfinite(x).all():
-        raise ValueError("input contains NaN or infinite values")
+    """The gate in front of inference: float32 (B, C, H, W) images in [0, 1], finite, at the trained size.
+    Takes a torch.Tensor or a numpy array (what a served model receives); returns x unchanged, or raises
+    ValueError naming the rule broken and the fix."""
+    if isinstance(x, np.ndarray):
+        dtype, expected, finite = x.dtype, np.float32, np.isfinite
+    elif isinstance(x, torch.Tensor):
+        dtype, expected, finite = x.dtype, torch.float32, torch.isfinite
+    else:
+        raise ValueError(f"input is a {type(x).__name__}: expected a torch.Tensor or numpy.ndarray")
+    if dtype != expected:
+        raise ValueError(f"input dtype {dtype}: expected float32 (uint8 images: convert to float32, then / 255)")
+    if x.ndim != 4 or list(x.shape[1:]) != list(input_shape) or x.shape[0] == 0:
+        raise ValueError(f"input shape {tuple(x.shape)}: expected (B, {', '.join(map(str, input_shape))}) "
+                         "with B >= 1")
+    if not finite(x).all():
+        raise ValueError("input contains NaN or infinite values: expected finite values in [0, 1]")
     if x.min() < 0 or x.max() > 1:
-        raise ValueError(f"input values span [{x.min():.3g}, {x.max():.3g}]: expected [0, 1] (uint8 images: / 255)")
+        raise ValueError(f"input values span [{float(x.min()):.3g}, {float(x.max()):.3g}]: expected [0, 1] "
+                         "(uint8 images: / 255)")
     return x
 
 

@@ -5,10 +5,10 @@
 Gates are read from the upstream metrics (nothing is re-measured here): the deployable's test quality and
 batch-1 latency, the robustness score, the quality the optimised variant gave up against fp32, and security
 findings at or above a severity. When every gate passes, the deployable file's sha256 is checked against the
-one robustness recorded, the file is logged as an MLflow model (ONNX or PyTorch, both pickle-free) and
-registered as a new version with alias `challenger`; `champion` moves to it when `register.promote` says
-so. Each version is tagged with its run, git commit, DVC experiment, data hash, artifact hash and the
-champion it was measured against. Registering the same run and file again reuses its version.
+one robustness recorded, the file is logged as an MLflow pyfunc model that validates its input (serving.py;
+loads without pickle) and registered as a new version with alias `challenger`; `champion` moves to it when
+`register.promote` says so. Each version is tagged with its run, git commit, DVC experiment, data hash,
+artifact hash and the champion it was measured against. Registering the same run and file again reuses its version.
 
 Reads params `register`, `mlflow` and the outputs of every earlier stage. Writes metrics/register.json and
 reports/model.html (one self-contained page: curves, predictions, analysis, optimisation, robustness,
@@ -21,7 +21,6 @@ import sys
 import time
 
 import mlflow
-import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
@@ -32,6 +31,7 @@ from {{ cookiecutter.package_name }} import (
     names,
     paths,
     report,
+    serving,
     stage,
     task,
     tracking,
@@ -77,29 +77,6 @@ def should_promote(policy, quality, champion_quality):
 
 
 # --- registry -----------------------------------------------------------------------------------------------
-
-def log_deployable(deploy_path, runtime, example):
-    """Log the deployable file as an MLflow model in the active run; returns its model URI."""
-    if runtime == "onnxruntime":
-        import mlflow.onnx
-        import onnx
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(deploy_path), providers=["CPUExecutionProvider"])
-        output = session.run(None, {session.get_inputs()[0].name: example})[0]
-        return mlflow.onnx.log_model(
-            onnx.load(str(deploy_path)), name="deployable", input_example=example,
-            signature=mlflow.models.infer_signature(example, output), save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],  # int8 QDQ is a CPU deployable
-            pip_requirements=mlflow.onnx.get_default_pip_requirements()).model_uri
-    model, _ = models.load_checkpoint(deploy_path)
-    with torch.inference_mode():
-        output = model(torch.from_numpy(example)).numpy()
-    # pt2 (torch.export), MLflow's default: no pickle. Batch 2, as a batch of 1 would fix the batch size.
-    return mlflow.pytorch.log_model(
-        model, name="deployable", input_example=example, signature=mlflow.models.infer_signature(example, output),
-        pip_requirements=mlflow.pytorch.get_default_pip_requirements()).model_uri
-
 
 def champion(client, name):
     """(version, quality) of the model's champion, or (None, None)."""
@@ -182,7 +159,7 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
             "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
     return {"registered": True, **register(
         mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,
-        lambda: log_deployable(deploy_path, deploy["runtime"], example), rg["promote"], deploy[metric])}
+        lambda: serving.log_model(paths.DEPLOY_DIR, example), rg["promote"], deploy[metric])}
 
 
 def flat_metrics(passed, gates, outcome):
