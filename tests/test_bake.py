@@ -16,13 +16,14 @@ from conftest import BIN, TEMPLATE, bake
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
-    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", "names", "paths", "data", "files", "measure", "models", "params",
-                                      "plots", "report", "runtime", "stage", "task", "tracking", "corruptions",
-                                      "security", "serving", "prepare", "train",
-                                      "analyze", "optimize", "robustness", "register", "compare")),
-    *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
-                                "test_optimize", "test_robustness", "test_corruptions", "test_security",
-                                "test_register", "test_task", "test_tracking", "test_stage", "test_params", "test_serving")),
+    *(f"src/{{pkg}}/{m}.py" for m in (
+        "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
+        "corruptions", "security", "serving", "tracking", "files", "plots", "report",
+        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare")),
+    *(f"tests/{m}.py" for m in (
+        "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
+        "test_tracking", "test_corruptions", "test_security", "test_serving",
+        "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 

@@ -9,37 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from {{ cookiecutter.package_name }} import data, files, models, names, params, train
+from {{ cookiecutter.package_name }} import data, files, models, optim, params, train
 from {{ cookiecutter.package_name }} import task as task_module
-
-PARAMS = Path(__file__).parents[1] / "params.yaml"
-
-
-@pytest.mark.parametrize("name", list(names.OPTIMIZERS))
-def test_every_optimizer_name_builds_with_each_of_its_keys(name):
-    cls_name, keys = names.OPTIMIZERS[name]
-    values = {"weight_decay": 0.01, "momentum": 0.9, "dampening": 0.0, "nesterov": False, "betas": [0.9, 0.99],
-              "eps": 1e-8, "amsgrad": False}
-    opt = train.make_optimizer(torch.nn.Linear(1, 1), {"name": name, **{k: values[k] for k in keys}}, 0.1)
-    assert type(opt).__name__ == cls_name and opt.param_groups[0]["lr"] == 0.1
-
-
-@pytest.mark.parametrize("name", list(names.SCHEDULERS))
-def test_every_scheduler_name_builds_from_params(name):
-    opt = train.make_optimizer(torch.nn.Linear(1, 1), {"name": "sgd"}, 0.1)
-    cfg = params.load(PARAMS)["train"]["scheduler"] | {"name": name}  # the shipped arguments of each
-    scheduler = train.make_scheduler(opt, cfg, epochs=12)
-    assert (scheduler is None) == (names.SCHEDULERS[name][0] is None)
-    if scheduler is not None:
-        assert type(scheduler).__name__ == names.SCHEDULERS[name][0]
-
-
-def test_unknown_optimizer_and_scheduler_are_named():
-    with pytest.raises(ValueError, match="train.optimizer.name='lbfgs'.*adamw"):
-        train.make_optimizer(torch.nn.Linear(1, 1), {"name": "lbfgs"}, 0.1)
-    opt = train.make_optimizer(torch.nn.Linear(1, 1), {"name": "sgd"}, 0.1)
-    with pytest.raises(ValueError, match="train.scheduler.name='cyclic'.*cosine"):
-        train.make_scheduler(opt, {"name": "cyclic"}, 3)
 
 
 def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
@@ -48,11 +19,11 @@ def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     ds = TensorDataset(x, torch.from_numpy(labels))
     model = models.build_model("classification", "resnet18", None, 3, [0.5] * 3, [0.25] * 3)
-    opt = train.make_optimizer(model, {"name": "adamw"}, lr)
+    opt = optim.make_optimizer(model, {"name": "adamw"}, lr)
     loss = task_module.make_loss("classification", "ce", 3)
     best_state, history, best_epoch = train.fit(
         model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-        DataLoader(ds, batch_size=16), loss, opt, train.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs,
+        DataLoader(ds, batch_size=16), loss, opt, optim.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs,
         patience=patience, task_name="classification", num_classes=3, device=torch.device("cpu"),
         augment={"hflip": True}, generator=torch.Generator().manual_seed(seed))
     return best_state, history, best_epoch
@@ -78,7 +49,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
 
     monkeypatch.setattr(train, "train_one_epoch", one_epoch)
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": next(val)})
-    opt = train.make_optimizer(model, {"name": "sgd"}, 0.1)
+    opt = optim.make_optimizer(model, {"name": "sgd"}, 0.1)
     w0 = model.weight.item()
     best_state, history, best_epoch = train.fit(
         model, None, None, None, opt, None, epochs=10, patience=2, task_name="classification", num_classes=2,

@@ -154,7 +154,8 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
     run_tags = mlflow.get_run(run.info.run_id).data.tags
     example = data.to_float(data.load_split(paths.split("test"))[0][:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
     tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
-            "dvc_exp_name": run_tags.get("dvc_exp_name", "workspace"),
+            "dvc_exp_name": run_tags.get("dvc_exp_name", tracking.NOT_AN_EXPERIMENT), "git_dirty": run_tags.get(
+                "git_dirty", "unknown"),
             "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
             "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
     return {"registered": True, **register(

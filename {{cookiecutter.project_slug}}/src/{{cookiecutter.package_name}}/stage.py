@@ -11,6 +11,7 @@ its own signal handlers and sees exceptions as exceptions).
 import os
 import signal
 import sys
+from pathlib import Path
 
 from {{ cookiecutter.package_name }} import files, params
 
@@ -25,11 +26,31 @@ HANDLED = (ValueError, ConnectionError, OSError)
 STOP = {"signal": None}
 
 
+class ForeignCodeError(ValueError):
+    """Python imported this package from another copy than the project's own src/."""
+
+
 def begin(name):
-    """params.yaml checked whole, then the stage's dvc.yaml inputs present; returns the params."""
+    """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present; returns the
+    params."""
+    check_own_code()
     p = params.load()
     files.require(name)
     return p
+
+
+def check_own_code(package_dir=Path(__file__).resolve().parent, env=os.environ):
+    """Stop when the package was imported from elsewhere than the project's src/ (another project of the same
+    package name installed in this environment, a stale editable install): dvc.yaml hashes this project's code,
+    so running another copy would record results under the wrong code. Queued and --temp experiments run in a
+    copy under .dvc/tmp/exps, whose code is the main repository's (DVC_ROOT) or its own; a directory without
+    src/<package> (a scratch copy) is not checked."""
+    roots = {Path.cwd().resolve(), Path(env.get("DVC_ROOT") or Path.cwd()).resolve()}
+    own = [(r / "src" / package_dir.name).resolve() for r in roots if (r / "src" / package_dir.name).is_dir()]
+    if own and package_dir not in own:
+        raise ForeignCodeError(f"python imported {package_dir.name} from {package_dir}, not this project's "
+                               f"{own[0]}; install this project into the environment you run it from "
+                               "(pip install -e .) or activate its own environment")
 
 
 def request_stop(signum, frame):

@@ -170,15 +170,30 @@ def run_name(architecture, encoder, pretrained, now=None):
     return "_".join(p for p in parts if p)
 
 
-def context_tags():
-    """Git commit and the DVC stage / experiment this process runs under."""
+NOT_AN_EXPERIMENT = "none (not a DVC experiment: dvc repro or python -m)"
+
+
+def git(*args):
+    """A git command's output, or None outside a repository / without git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        commit = "none"
-    tags = {"git_commit": commit}
-    for var in ("DVC_STAGE", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
-        if os.environ.get(var):
-            tags[var.lower()] = os.environ[var]
+        return None
+
+
+def context_tags(env=os.environ):
+    """Git commit, whether the workspace differed from it, and the DVC stage / experiment this process runs
+    under. git_dirty counts tracked files changed since the commit, leaving out what the pipeline itself
+    rewrites (dvc.lock and the stages' metrics, plots and reports)."""
+    commit = (git("rev-parse", "HEAD") or "none").strip()
+    changed = [line[3:] for line in (git("status", "--porcelain", "--untracked-files=no") or "").splitlines()
+               if line[3:] != str(paths.DVC_LOCK) and not line[3:].startswith(("metrics/", "plots/", "reports/"))]
+    tags = {"git_commit": commit, "git_dirty": str(bool(changed)).lower(),
+            "dvc_exp_name": env.get("DVC_EXP_NAME") or NOT_AN_EXPERIMENT}
+    if changed:
+        tags["git_dirty_files"] = ", ".join(changed[:10]) + (f" (+{len(changed) - 10} more)" if len(changed) > 10
+                                                            else "")
+    for var in ("DVC_STAGE", "DVC_EXP_BASELINE_REV"):
+        if env.get(var):
+            tags[var.lower()] = env[var]
     return tags

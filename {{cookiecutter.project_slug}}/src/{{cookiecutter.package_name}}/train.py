@@ -26,7 +26,7 @@ from {{ cookiecutter.package_name }} import (
     data,
     files,
     models,
-    names,
+    optim,
     params,
     paths,
     plots,
@@ -71,25 +71,6 @@ def evaluate(model, loader, loss_fn, *, task_name, num_classes, device, amp=Fals
     batches = ((data.to_float(x).to(device), y.to(device)) for x, y in stage.checked(loader))
     out = task.evaluate(logits, batches, task_name, num_classes, loss_fn=loss_fn)
     return {"loss": out["loss"], **task.scores(task_name, task.reduce(out["stats"]))}
-
-
-def make_optimizer(model, cfg, lr):
-    """torch.optim by params.yaml name; the other keys of cfg pass straight through (params.py checked them)."""
-    if cfg["name"] not in names.OPTIMIZERS:
-        raise ValueError(f"train.optimizer.name={cfg['name']!r}: valid names: {', '.join(names.OPTIMIZERS)}")
-    cls = getattr(torch.optim, names.OPTIMIZERS[cfg["name"]][0])
-    return cls(model.parameters(), lr=lr, **{k: v for k, v in cfg.items() if k != "name"})
-
-
-def make_scheduler(optimizer, cfg, epochs):
-    """torch.optim.lr_scheduler by params.yaml name, with that scheduler's own section of cfg as arguments."""
-    if cfg["name"] not in names.SCHEDULERS:
-        raise ValueError(f"train.scheduler.name={cfg['name']!r}: valid names: {', '.join(names.SCHEDULERS)}")
-    if (cls_name := names.SCHEDULERS[cfg["name"]][0]) is None:
-        return None
-    # cosine anneals over the whole run; plateau steps on the validation metric, which we maximise.
-    fixed = {"cosine": {"T_max": epochs}, "plateau": {"mode": "max"}}.get(cfg["name"], {})
-    return getattr(torch.optim.lr_scheduler, cls_name)(optimizer, **fixed, **(cfg.get(cfg["name"]) or {}))
 
 
 def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epochs, patience, task_name,
@@ -184,11 +165,14 @@ def log_outputs(run, model, metrics, example):
             "model_uri": logged.model_uri}
 
 
-def epoch_logger(run, rank, metric):
+def epoch_logger(run, rank, metric, epochs):
     def on_epoch(r):  # r: one record of the history
         if rank == 0:
             print(f"epoch {r['epoch']:3d}  train/loss {r['train/loss']:.4f}  val/loss {r['val/loss']:.4f}  "
                   f"val/{metric} {r[f'val/{metric}']:.4f}  lr {r['lr']:.2e}  {r['epoch_time_s']:.1f}s", flush=True)
+        if rank == 0 and r["epoch"] == 1 and epochs > 1:  # your data, your machine: the time to expect
+            print(f"train: at this pace, {epochs} epochs take ~{epochs * r['epoch_time_s'] / 60:.1f} min "
+                  "(early stopping may end sooner)", flush=True)
         if run:
             mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"])
     return on_epoch
@@ -208,17 +192,17 @@ def main():
     splits = {name: data.load_split(paths.split(name)) for name in ("train", "val", "test")}
     loaders = make_loaders(splits, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device)
     loss_fn = task.make_loss(task_name, tp["loss"], num_classes, tp.get("label_smoothing", 0.0))
-    optimizer = make_optimizer(model, tp["optimizer"], p["lr"])
+    optimizer = optim.make_optimizer(model, tp["optimizer"], p["lr"])
     tracked = p["mlflow"]["enabled"] and rank == 0
     # Opened inside closing(): a signal arriving as the run opens still ends it KILLED.
     with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None) as run:
         start = time.perf_counter()
         best_state, history, best_epoch = fit(
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
-            make_scheduler(optimizer, tp["scheduler"], tp["epochs"]), epochs=tp["epochs"],
+            optim.make_scheduler(optimizer, tp["scheduler"], tp["epochs"]), epochs=tp["epochs"],
             patience=tp["early_stopping_patience"], task_name=task_name, num_classes=num_classes, device=device,
             augment=tp["augment"], generator=torch.Generator().manual_seed(p["seed"] + 1 + rank),
-            grad_clip_norm=tp["grad_clip_norm"], amp=amp, on_epoch=epoch_logger(run, rank, metric))
+            grad_clip_norm=tp["grad_clip_norm"], amp=amp, on_epoch=epoch_logger(run, rank, metric, tp["epochs"]))
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_time_s": time.perf_counter() - start,
                    "stopped_early": int(len(history) < tp["epochs"]), "params/total": models.parameter_count(model)}
         if world > 1:
