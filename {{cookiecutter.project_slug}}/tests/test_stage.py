@@ -60,3 +60,16 @@ def test_every_stage_refuses_a_bad_params_value_in_one_line(name, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"{name}: ParamsError: params.yaml: seed=-1: must be an integer >= 0"], result.stderr
     assert not [f for f in tmp_path.iterdir() if f.name != "params.yaml"]  # nothing written
+
+
+def test_another_copy_of_the_package_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    stage.check_own_code(tmp_path / "src" / "pkg", env={})  # this project's own copy: fine
+    other = tmp_path / "elsewhere" / "pkg"
+    with pytest.raises(stage.ForeignCodeError, match="python imported pkg from .*elsewhere/pkg, not this project's"):
+        stage.check_own_code(other, env={})
+    # A --temp / queued experiment runs in a copy and may import the main repository's code (DVC_ROOT).
+    main = tmp_path / "main"
+    (main / "src" / "pkg").mkdir(parents=True)
+    stage.check_own_code((main / "src" / "pkg").resolve(), env={"DVC_ROOT": str(main)})

@@ -37,3 +37,22 @@ def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert [r.info.status for r in runs(project)] == ["FINISHED"] * 4
+
+
+def test_context_tags_record_a_dirty_workspace_and_a_plain_repro(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.context_tags(env={})["git_commit"] == "none"  # not a repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for name in ("train.py", "dvc.lock"):
+        Path(name).write_text("a")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    clean = tracking.context_tags(env={})
+    assert clean["git_dirty"] == "false" and clean["dvc_exp_name"] == tracking.NOT_AN_EXPERIMENT
+    Path("dvc.lock").write_text("rewritten by the pipeline")  # not a change of the user's
+    assert tracking.context_tags(env={})["git_dirty"] == "false"
+    Path("train.py").write_text("changed")
+    dirty = tracking.context_tags(env={"DVC_EXP_NAME": "exp-1"})
+    assert dirty["git_dirty"] == "true" and dirty["git_dirty_files"] == "train.py"
+    assert dirty["dvc_exp_name"] == "exp-1"

@@ -43,8 +43,9 @@ def analyze(model, input_shape, batch_size, warmup, runs):
     return summary, rows
 
 
-def metrics_of(summary, file_bytes):
-    """The flat dict for metrics/analyze.json and MLflow (numbers only)."""
+def metrics_of(summary, file_bytes, max_p90_p50):
+    """The flat dict for metrics/analyze.json and MLflow (numbers only); each latency with its dispersion
+    (p90/p50) and a reliability verdict (1: p90/p50 <= max_p90_p50)."""
     mb = 2 ** 20
     m = {"params/total": summary["params"]["total"], "params/trainable": summary["params"]["trainable"],
          "layers/modules": summary["layers"]["modules"], "layers/leaf": summary["layers"]["leaf"],
@@ -54,7 +55,8 @@ def metrics_of(summary, file_bytes):
          "memory/peak_rss_mb": summary["memory"]["peak_rss_bytes"] / mb,
          "size/checkpoint_mb": file_bytes / mb}
     for batch, stats in summary["latency"].items():
-        m.update({f"latency/{batch}/{k}": v for k, v in stats.items() if k != "runs"})
+        m.update({f"latency/{batch}/{k}": stats[k] for k in ("p50_ms", "p90_ms", "p90_p50", "throughput_per_s")})
+        m[f"latency/{batch}/reliable"] = int(stats["p90_p50"] <= max_p90_p50)
     return m
 
 
@@ -75,7 +77,7 @@ def main():
     input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
     with tracking.pipeline_run(p["mlflow"]) as run:
         summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
-        metrics = metrics_of(summary, paths.CHECKPOINT.stat().st_size)
+        metrics = metrics_of(summary, paths.CHECKPOINT.stat().st_size, ap["max_p90_p50"])
         files.write_json(paths.ANALYZE_REPORT, {"summary": summary, "metrics": metrics, "layers": rows})
         with files.atomic_path(paths.ANALYZE_HTML) as tmp:
             tmp.write_text(render_html(summary, metrics, rows))

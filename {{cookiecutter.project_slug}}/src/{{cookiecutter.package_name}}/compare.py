@@ -28,7 +28,8 @@ COLUMNS = [
     ("run", "attr:run_name"), ("dvc experiment", "tag:dvc_exp_name"), ("architecture", "tag:architecture"),
     ("encoder", "tag:encoder"), ("test {m}", "test/{m}"), ("params", "params/total"),
     ("weights MB", "analyze/memory/weights_mb"), ("activation peak MB", "analyze/memory/activation_peak_mb"),
-    ("fp32 b1 p50 ms", "analyze/latency/batch_1/p50_ms"), ("deployable", "tag:deployable_variant"),
+    ("fp32 b1 p50 ms", "analyze/latency/batch_1/p50_ms"), ("fp32 b1 p90/p50", "analyze/latency/batch_1/p90_p50"),
+    ("latency reliable", "analyze/latency/batch_1/reliable"), ("deployable", "tag:deployable_variant"),
     ("size change", "optimize/deployable/size_change"), ("b1 speedup", "optimize/deployable/speedup_batch_1"),
     ("speedup reliable", "optimize/deployable/latency_reliable"),
     ("robustness score", "robustness/score"), ("security FAIL", "robustness/security/fail"),
@@ -50,7 +51,7 @@ def row_of(run):
             value = run.data.metrics.get(key.format(m=m), "")
         if column == "params" and value != "":
             value = int(value)
-        if column == "speedup reliable" and value != "":
+        if column in ("speedup reliable", "latency reliable") and value != "":
             value = "yes" if value else "UNRELIABLE"  # a noisy speedup is never shown as a plain number
         row[column.format(m=m)] = value
     return row

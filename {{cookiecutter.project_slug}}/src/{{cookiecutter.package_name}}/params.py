@@ -111,7 +111,8 @@ SCHEMA = {
         "num_workers": integer(0),
         "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1)},
     },
-    "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(1), "threads": nullable(integer(1))},
+    "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(3), "threads": nullable(integer(1)),
+                "max_p90_p50": number(1)},
     "optimize": {
         "quantization": {"enabled": boolean, "calibration_images": integer(1), "calibration_batch_size": integer(1)},
         "pruning": {"enabled": boolean, "amount": number(0, 1, hi_open=True)},
