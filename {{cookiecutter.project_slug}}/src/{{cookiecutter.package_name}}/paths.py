@@ -11,6 +11,8 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 DVC_LOCK = Path("dvc.lock")
+# What the pipeline itself rewrites in the git workspace (cache: false outputs and the lock).
+PIPELINE_WRITTEN = ("dvc.lock", "metrics/", "plots/", "reports/")
 
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset.json"  # task, classes, normalisation statistics, split sizes, data sha256

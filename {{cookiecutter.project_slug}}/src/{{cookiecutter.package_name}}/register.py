@@ -27,7 +27,6 @@ from mlflow.exceptions import MlflowException
 from {{ cookiecutter.package_name }} import (
     data,
     files,
-    models,
     names,
     paths,
     report,

@@ -39,12 +39,13 @@ def begin(name):
     return p
 
 
-def check_own_code(package_dir=Path(__file__).resolve().parent, env=os.environ):
+def check_own_code(package_dir=None, env=os.environ):
     """Stop when the package was imported from elsewhere than the project's src/ (another project of the same
     package name installed in this environment, a stale editable install): dvc.yaml hashes this project's code,
     so running another copy would record results under the wrong code. Queued and --temp experiments run in a
     copy under .dvc/tmp/exps, whose code is the main repository's (DVC_ROOT) or its own; a directory without
     src/<package> (a scratch copy) is not checked."""
+    package_dir = package_dir or Path(__file__).resolve().parent
     roots = {Path.cwd().resolve(), Path(env.get("DVC_ROOT") or Path.cwd()).resolve()}
     own = [(r / "src" / package_dir.name).resolve() for r in roots if (r / "src" / package_dir.name).is_dir()]
     if own and package_dir not in own:

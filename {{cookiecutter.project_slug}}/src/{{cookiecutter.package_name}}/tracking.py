@@ -187,7 +187,7 @@ def context_tags(env=os.environ):
     rewrites (dvc.lock and the stages' metrics, plots and reports)."""
     commit = (git("rev-parse", "HEAD") or "none").strip()
     changed = [line[3:] for line in (git("status", "--porcelain", "--untracked-files=no") or "").splitlines()
-               if line[3:] != str(paths.DVC_LOCK) and not line[3:].startswith(("metrics/", "plots/", "reports/"))]
+               if not line[3:].startswith(paths.PIPELINE_WRITTEN)]
     tags = {"git_commit": commit, "git_dirty": str(bool(changed)).lower(),
             "dvc_exp_name": env.get("DVC_EXP_NAME") or NOT_AN_EXPERIMENT}
     if changed:
