@@ -28,7 +28,7 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
-from {{ cookiecutter.package_name }} import data, files, models, params, report, tracking
+from {{ cookiecutter.package_name }} import data, environment, files, models, params, report, tracking
 from {{ cookiecutter.package_name }}.train import primary_metric
 
 DEPLOY_DIR = Path("models/deployable")
@@ -162,7 +162,8 @@ def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustn
         f"{report.image('plots/optimize/pareto.png', 'latency vs quality')}"
         f"<h2>Robustness: score {s['score']:.3f} ({html.escape(s['level'])})</h2>"
         f"{report.image('plots/robustness/curve.png', 'robustness curve')}"
-        f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"))
+        f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"
+        f"<h2>Environment</h2>{report.pairs_table(environment.summary().items())}"))
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
@@ -200,6 +201,7 @@ def main():
             tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
                     "dvc_exp_name": run_tags.get("dvc_exp_name", "workspace"),
                     "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
+                    "lock_sha256": run_tags.get("lock_sha256", "none"),
                     "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
             outcome = {"registered": True, **register(
                 mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from {{ cookiecutter.package_name }} import data, files, models, params, tracking
+from {{ cookiecutter.package_name }} import data, environment, files, models, params, tracking
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -346,7 +346,7 @@ def main():
                 "pretrained": str(tp["model"]["pretrained"]).lower(),
                 "augmentation": "on" if any(tp["augment"].values()) else "off", "loss": tp["loss"],
                 "data_source": info["source"], "data_sha256": info["sha256"], "world_size": str(world),
-                "device": str(device), **tracking.context_tags(),
+                "device": str(device), **tracking.context_tags(), **environment.tags(),
                 **tracking.process_tags()}
         started = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags,
                                    log_system_metrics=mp["system_metrics"])
@@ -356,6 +356,7 @@ def main():
     with tracking.closing(start) as run:
         if run:
             mlflow.log_params(params.flatten(p))
+            mlflow.log_dict(environment.installed_versions(), "environment/installed_versions.json")
             prepared = json.loads(Path("metrics/prepare.json").read_text())
             mlflow.log_metrics({f"prepare/{k}": v for k, v in prepared.items()})
             mlflow.log_metric("params/total", sum(t.numel() for t in model.parameters()))
