@@ -26,7 +26,7 @@ def main():
     missing = [tool for tool in ("git", "dvc") if which(tool) is None]
     if missing:
         print(f"{' and '.join(missing)} not found on PATH: skipped git/dvc set-up. After installing the project "
-              "(pip install -e .), run: git init && dvc init && git add -A && git commit -m 'Initial commit'")
+              "(uv sync), run: git init && dvc init && git add -A && git commit -m 'Initial commit'")
         return
     run("git", "init", "-q", "-b", "main")
     run("dvc", "init", "-q")

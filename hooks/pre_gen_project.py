@@ -18,6 +18,9 @@ ANSWERS = {
 }
 # Package names that would shadow what the project imports.
 SHADOWED = {"torch", "torchvision", "mlflow", "dvc", "numpy", "yaml", "safetensors", "tests", "test"}
+# The Python floors the template carries a lock for (templates/uv/, made by scripts/lock.py). A floor is the
+# oldest Python the project supports: the lock covers every newer one.
+LOCKED_PYTHONS = ("3.10", "3.11", "3.12")
 # The valid names are the generated project's own (names.py: plain data, no imports), read from the template.
 # cookiecutter passes its folder as _repo_dir; tools that call cookiecutter's generate_files directly (cruft) do
 # not, and then the project's own params check is the only one.
@@ -35,9 +38,9 @@ def problems(a):
         yield ("package_name", "must be a lowercase Python identifier, not a keyword (e.g. 'shapes_segmentation')")
     elif pkg in SHADOWED or pkg in sys.stdlib_module_names:
         yield ("package_name", f"'{pkg}' would shadow an installed module; choose another name")
-    m = re.fullmatch(r"3\.(\d+)", a["python_version"])
-    if not m or int(m.group(1)) < 10:
-        yield ("python_version", "must be '3.N' with N >= 10 (torch>=2.10 needs Python 3.10+), e.g. '3.11'")
+    if a["python_version"] not in LOCKED_PYTHONS:
+        yield ("python_version", f"must be one of {', '.join(LOCKED_PYTHONS)}: the floors the template carries a "
+               "uv.lock for (a floor covers every newer Python; torch>=2.10 needs 3.10+)")
     if NAMES is not None:
         yield from name_problems(a)
     if re.search(r"\s", a["dvc_remote"]):

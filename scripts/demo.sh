@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Bake a project with the default answers into build/demo/ and run its whole pipeline on the embedded store.
+# Bake a project with the default answers into build/demo/, install its uv.lock into its own .venv and run its
+# whole pipeline on the embedded store.
 source "$(dirname "$0")/venv.sh"
 OUT=${1:-$ROOT/build/demo}
 rm -rf "$OUT" && mkdir -p "$OUT"
 cookiecutter --no-input -o "$OUT" "$ROOT"
 PROJECT=$(find "$OUT" -mindepth 1 -maxdepth 1 -type d)
 cd "$PROJECT"
-pip install -q --disable-pip-version-check -e .
+uv sync --frozen --quiet  # the versions the template's lock holds: already in uv's cache from venv.sh
 echo "Set-up done in ${SECONDS}s; running the pipeline."
-time dvc repro
+time uv run --frozen dvc repro
 python - <<'PY'
 import json
 train, robust = json.load(open("metrics/train.json")), json.load(open("metrics/robustness.json"))
@@ -27,5 +28,5 @@ Plots:     $PROJECT/plots/           (dvc plots show)
 Reports:   $PROJECT/reports/model.html (everything on one page; also analyze.html, optimize.md, robustness.html)
 Models:    $PROJECT/models/model.safetensors, $PROJECT/models/deployable/
 Registry:  models:/<slug>@champion (mlflow.pyfunc.load_model)
-MLflow:    cd $PROJECT && $ROOT/.venv/bin/mlflow ui --backend-store-uri sqlite:///$PROJECT/mlflow.db
+MLflow:    cd $PROJECT && uv run mlflow ui --backend-store-uri sqlite:///mlflow.db
 MSG

@@ -15,14 +15,14 @@ from conftest import BIN, TEMPLATE, bake
 # The exact files of a baked project (besides .git/), before conditional ones.
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
-    ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
+    "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
-        "corruptions", "security", "serving", "tracking", "files", "plots", "report",
+        "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
         "prepare", "train", "analyze", "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
-        "test_tracking", "test_corruptions", "test_security", "test_serving",
+        "test_tracking", "test_environment", "test_corruptions", "test_security", "test_serving",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
@@ -87,6 +87,9 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert params["register"]["model_name"] == project.name
     assert pyproject["project"]["requires-python"] == f">={ctx.get('python_version', '3.11')}"
     assert "torch>=2.10" in pyproject["project"]["dependencies"]
+    # A classifier needs no smp: neither its pyproject.toml nor its lock names it.
+    assert any(d.startswith("segmentation-models-pytorch") for d in pyproject["project"]["dependencies"]) == (
+        task == "segmentation")
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])
 
 
@@ -169,6 +172,7 @@ def test_generated_ci_workflow_uses_what_the_project_has(case):
         "python_version", "3.11")
     script = "\n".join(s.get("run", "") for s in steps)
     assert "pytest" in script and "ruff check" in script and f"python -m {package}.compare" in script
+    assert "uv lock --check" in script and "make install-cpu" in script  # the lock checked; CPU-only torch
     params = yaml.safe_load((project / "params.yaml").read_text())
     keys = re.findall(r"-S ([\w.]+)=", script)
     assert keys
@@ -182,16 +186,18 @@ def test_makefile_and_pre_commit(case):
     _, project = case
     hooks = {h["id"] for r in yaml.safe_load((project / ".pre-commit-config.yaml").read_text())["repos"]
              for h in r["hooks"]}
-    assert {"ruff", "check-yaml", "check-added-large-files"} <= hooks
+    assert {"ruff", "check-yaml", "check-added-large-files", "uv-lock", "uv-export"} <= hooks
     make = shutil.which("make")
     if make is None:
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"repro", "exp", "compare", "test", "ui", "serve", "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "test", "ui", "serve", "push"} <= targets
     dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
-    assert dry.strip() == "dvc exp run -S lr=0.003"
+    assert dry.strip() == "uv run dvc exp run -S lr=0.003"
+    dry = subprocess.run([make, "-n", "lock"], cwd=project, capture_output=True, text=True, check=True).stdout
+    assert "uv lock" in dry and "--output-file=requirements.txt" in dry
 
 
 def test_ruff_clean(case):

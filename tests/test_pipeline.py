@@ -1,5 +1,6 @@
 """End to end: bake, `dvc repro` with tiny params, and check DVC, MLflow, the registry and the report agree."""
 
+import hashlib
 import json
 import re
 import shutil
@@ -84,6 +85,8 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     assert run.info.run_id == ref["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["prepare.image_size"] == "32"
     assert run.data.tags["dvc_stage"] == "train" and run.data.tags["task"] == task
+    lock = hashlib.sha256((project / "uv.lock").read_bytes()).hexdigest()
+    assert run.data.tags["lock_sha256"] == lock and run.data.tags["torch_build"]  # the environment's lineage
     analyzed = json.loads((project / "metrics/analyze.json").read_text())
     assert run.data.metrics["analyze/latency/batch_1/p50_ms"] == pytest.approx(analyzed["latency/batch_1/p50_ms"])
     client = mlflow.MlflowClient()
@@ -118,6 +121,22 @@ def test_second_repro_runs_nothing(pipeline):
     assert "up to date" in sh(project, "dvc", "status")
 
 
+def test_a_locked_version_change_marks_every_stage_changed(pipeline):
+    _, project, _ = pipeline
+    lock = project / "uv.lock"
+    shipped = lock.read_text()
+    changed = re.sub(r'(name = "tqdm"\nversion = ")[^"]+', r"\g<1>0.0.1", shipped, count=1)
+    assert changed != shipped
+    lock.write_text(changed)
+    try:
+        status = yaml.safe_load(sh(project, "dvc", "status", "--json"))
+        assert set(status) == set(STAGES)
+        assert all({"changed deps": {"uv.lock": "modified"}} in status[s] for s in STAGES), status
+    finally:
+        lock.write_text(shipped)
+    assert "up to date" in sh(project, "dvc", "status")
+
+
 def test_push_clone_pull_has_nothing_to_run(pipeline, tmp_path):
     # A colleague's machine: git clone + dvc pull from the shared remote give the same state, nothing to redo.
     _, project, _ = pipeline
@@ -142,6 +161,7 @@ def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp
     recorded = json.loads((project / "reports/robustness.json").read_text())["sha256"][deployable]
     assert version.run_id == run_id and version.tags["run_id"] == run_id
     assert version.tags["artifact_sha256"] == recorded
+    assert version.tags["lock_sha256"] == hashlib.sha256((project / "uv.lock").read_bytes()).hexdigest()
     assert {"git_commit", "dvc_exp_name", "data_sha256", "previous_champion", "promoted_at"} <= set(version.tags)
     model = mlflow.pyfunc.load_model(f"models:/{project.name}@champion")
     logits = model.predict(raw_image(project, tmp_path))  # one output schema, whichever variant is deployed

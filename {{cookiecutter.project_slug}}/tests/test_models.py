@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import torch
 from {{ cookiecutter.package_name }} import models
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+# A classification project does not lock segmentation-models-pytorch: its segmentation cases skip.
+needs_smp = pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,
+                               reason="segmentation-models-pytorch is not installed (not in a classifier's lock)")
 
 
 def _build(task, architecture, encoder=None, num_classes=2, **kw):
@@ -18,12 +22,14 @@ def _build(task, architecture, encoder=None, num_classes=2, **kw):
 
 # Every name the project offers: each architecture with the default encoder, each encoder with Unet.
 # 128 px: the smallest size every architecture takes (PAN needs it; see test_too_small_input_is_explained).
+@needs_smp
 @pytest.mark.parametrize("architecture", list(models.SEGMENTATION))
 def test_segmentation_architecture_forward_shape(architecture):
     with torch.no_grad():
         assert _build("segmentation", architecture, "resnet18")(torch.rand(2, 3, 128, 128)).shape == (2, 1, 128, 128)
 
 
+@needs_smp
 @pytest.mark.parametrize("encoder", models.ENCODERS)
 def test_segmentation_encoder_forward_shape(encoder):
     with torch.no_grad():
@@ -50,6 +56,7 @@ def test_unknown_name_lists_valid_names(task, architecture, encoder, key):
     assert all(name in str(e.value) for name in valid)
 
 
+@needs_smp
 def test_too_small_input_is_explained():
     model = _build("segmentation", "PAN", "resnet18")
     with pytest.raises(ValueError, match="cannot take 64x64 inputs.*image_size"):
@@ -64,6 +71,7 @@ def test_normalisation_is_inside_the_model():
         assert torch.allclose(model(x), model.net((x - 0.5) / 0.25))
 
 
+@needs_smp
 def test_checkpoint_round_trip_rebuilds_from_its_own_arguments(tmp_path):
     args = {"task": "segmentation", "architecture": "FPN", "encoder": "resnet18", "num_classes": 3,
             "mean": MEAN, "std": STD}

@@ -24,7 +24,11 @@ from {{ cookiecutter.package_name }} import names
 # torchvision (~4 s here, `python -X importtime`), which stages that never build a segmentation model
 # (prepare, register, compare, every classification stage) should not pay.
 def _smp(architecture, **kwargs):
-    import segmentation_models_pytorch as smp
+    try:
+        import segmentation_models_pytorch as smp
+    except ModuleNotFoundError as e:  # a classification project does not lock it
+        raise ModuleNotFoundError("segmentation needs segmentation-models-pytorch, which this project does not "
+                                  "lock: uv add segmentation-models-pytorch") from e
 
     return getattr(smp, architecture)(**kwargs)
 

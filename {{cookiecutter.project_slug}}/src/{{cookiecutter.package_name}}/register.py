@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from {{ cookiecutter.package_name }} import (
     data,
+    environment,
     files,
     names,
     paths,
@@ -132,7 +133,8 @@ def render_report(title, gates, outcome, train_m, analyze_m, optimize_r, robustn
         f"{report.image(paths.PARETO, 'latency vs quality')}"
         f"<h2>Robustness: score {s['score']:.3f} ({html.escape(s['level'])})</h2>"
         f"{report.image(paths.ROBUSTNESS_CURVE_PNG, 'robustness curve')}"
-        f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"))
+        f"<h2>Security findings</h2>{report.rows_table(robustness_r['security'])}"
+        f"<h2>Environment</h2>{report.pairs_table(environment.summary().items())}"))
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
@@ -156,6 +158,7 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
             "dvc_exp_name": run_tags.get("dvc_exp_name", tracking.NOT_AN_EXPERIMENT), "git_dirty": run_tags.get(
                 "git_dirty", "unknown"),
             "data_sha256": run_tags.get("data_sha256", "none"), "artifact_sha256": sha,
+            "lock_sha256": run_tags.get("lock_sha256", "none"),
             "variant": deploy["variant"], "metric": metric, "quality": repr(deploy[metric])}
     return {"registered": True, **register(
         mlflow.MlflowClient(), rg["model_name"], run.info.run_id, sha, tags,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from {{ cookiecutter.package_name }} import (
     data,
+    environment,
     files,
     models,
     optim,
@@ -125,11 +126,12 @@ def start_run(p, info, model_args, world, device):
     tags = {"task": info["task"], "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
             "pretrained": str(tp["model"]["pretrained"]).lower(), "loss": tp["loss"],
             "augmentation": "on" if any(tp["augment"].values()) else "off", "data_source": info["source"],
-            "data_sha256": info["sha256"], "world_size": str(world), "device": str(device)}
+            "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                         tp["model"]["pretrained"]), tags)
     print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {mlflow.get_tracking_uri()}")
     mlflow.log_params(params.flatten(p))
+    mlflow.log_dict(environment.installed_versions(), "environment/installed_versions.json")
     mlflow.log_metrics({f"prepare/{k}": v for k, v in files.read_json(paths.metrics("prepare")).items()})
     return run
 

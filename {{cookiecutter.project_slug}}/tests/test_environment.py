@@ -1,0 +1,79 @@
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import torch
+
+from {{ cookiecutter.package_name }} import environment, register, train
+
+LOCK = Path(__file__).parents[1] / "uv.lock"
+
+
+def test_lock_sha256_is_the_files_digest_and_none_without_a_lock(tmp_path):
+    assert environment.lock_sha256(tmp_path) == "none" and environment.locked_versions(tmp_path) == {}
+    assert environment.lock_matches(tmp_path) == "no lock"
+    shutil.copy(LOCK, tmp_path / "uv.lock")
+    assert environment.lock_sha256(tmp_path) == hashlib.sha256(LOCK.read_bytes()).hexdigest()
+
+
+def test_torch_build_names_the_installed_build():
+    build = environment.torch_build()
+    assert re.fullmatch(r"cuda \d+\.\d+|rocm \S+|cpu", build)
+    assert (build == "cpu") == (torch.version.cuda is None and getattr(torch.version, "hip", None) is None)
+
+
+def test_installed_versions_are_normalized_names():
+    installed = environment.installed_versions()
+    assert installed["torch"] == torch.__version__.split("+")[0]  # the build label (+cu130) is torch's own
+    assert "pyyaml" in installed and all(name == environment.normalize(name) for name in installed)
+
+
+def test_the_lock_pins_this_projects_dependencies():
+    locked = environment.locked_versions(LOCK.parent)
+    assert {"torch", "mlflow", "dvc", "numpy", "pytest", "ruff"} <= set(locked)
+{%- if cookiecutter.task == "segmentation" %}
+    assert "segmentation-models-pytorch" in locked
+{%- else %}
+    assert "segmentation-models-pytorch" not in locked  # a classifier needs no smp (nor timm)
+    assert "timm" not in locked
+{%- endif %}
+
+
+def test_drift_names_a_changed_version_and_ignores_local_labels():
+    locked = {"torch": {"2.14.1"}, "numpy": {"2.2.6", "2.4.6"}}
+    assert environment.drift({"torch": "2.14.1+cpu", "numpy": "2.2.6", "extra": "1.0"}, locked) == {}
+    assert environment.drift({"torch": "2.14.0", "numpy": "2.4.6"}, locked) == {"torch": ("2.14.0", ["2.14.1"])}
+
+
+def test_a_lock_the_environment_does_not_match_is_reported(tmp_path):
+    text = LOCK.read_text()
+    version = environment.installed_versions()["torch"]
+    tampered = text.replace(f'name = "torch"\nversion = "{version}"', 'name = "torch"\nversion = "0.0.1"')
+    assert tampered != text
+    (tmp_path / "uv.lock").write_text(tampered)
+    installed = environment.installed_versions()["torch"]
+    assert environment.lock_matches(tmp_path).startswith(f"false: torch {installed} (lock 0.0.1)")
+
+
+def test_train_records_the_environment_in_its_run(project, runs):
+    shutil.copy(LOCK, project / "uv.lock")
+    train.main()
+    (run,) = runs(project)
+    tags = run.data.tags
+    assert tags["lock_sha256"] == hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    assert tags["torch_version"] == torch.__version__ and tags["torch_build"] == environment.torch_build()
+    assert tags["python_version"].startswith("3.") and re.match(r"true|false: ", tags["lock_matches"])
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                               artifact_path="environment/installed_versions.json")
+    assert json.loads(Path(path).read_text())["torch"] == environment.installed_versions()["torch"]
+
+
+def test_model_report_shows_the_environment(tmp_path, monkeypatch):
+    shutil.copy(LOCK, tmp_path / "uv.lock")
+    monkeypatch.chdir(tmp_path)
+    robustness = {"summary": {"metric": "dice", "score": 0.5, "level": "medium"}, "security": []}
+    page = register.render_report("T", [], {}, {}, {}, {"deployable": "fp32", "variants": {}}, robustness)
+    assert "Environment" in page and environment.lock_sha256() in page and environment.torch_build() in page
