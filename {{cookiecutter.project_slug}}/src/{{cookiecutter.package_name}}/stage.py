@@ -26,9 +26,12 @@ STOP = {"signal": None}
 
 
 def begin(name):
-    """params.yaml checked whole, then the stage's dvc.yaml inputs present; returns the params."""
+    """params.yaml checked whole, the stage's dvc.yaml inputs present, its output locations writable with room
+    (leftovers of an interrupted write removed); returns the params. The tracking store is checked as the
+    stage opens its run (tracking.connect), also before any work."""
     p = params.load()
     files.require(name)
+    files.preflight(name)
     return p
 
 
