@@ -227,10 +227,12 @@ FAILED_RUN = {"diverging-lr"}
 
 def _snapshot(project):
     # The tracking store aside (a failing train run is recorded there, FAILED): every output of a stage.
-    store = ("mlflow.db", "mlflow.db.lock", "mlruns")
+    def store(p):  # mlflow.db and its -journal / .lock, mlruns/
+        top = p.relative_to(project).parts[0]
+        return top.startswith("mlflow.db") or top == "mlruns"
     return {str(p.relative_to(project)): p.stat().st_mtime_ns for p in project.rglob("*")
             if p.is_file() and ".git" not in p.parts and p.name != "params.yaml" and "__pycache__" not in p.parts
-            and p.relative_to(project).parts[0] not in store}
+            and not store(p)}
 
 
 @pytest.fixture(scope="module")

@@ -195,12 +195,12 @@ def store_lock(uri):
 
 
 def connect(cfg, root):
-    """Point MLflow at the project's store, after checking a server answers; create or migrate a local
-    store under store_lock. Returns the URI."""
+    """Point MLflow at the project's store after preflight(); create or migrate a local store. Both under
+    store_lock: a store another process is creating has a half-migrated schema. Returns the URI."""
     uri = tracking_uri(cfg["tracking_uri"], root)
-    preflight(uri, root, cfg["timeout_s"])
-    mlflow.set_tracking_uri(uri)
     with store_lock(uri):
+        preflight(uri, root, cfg["timeout_s"])
+        mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
         client.search_experiments(max_results=1)  # tracking tables
         client.search_registered_models(max_results=1)  # registry tables
