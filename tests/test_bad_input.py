@@ -111,13 +111,19 @@ def _first_revision():
 
 
 class _Failing(http.server.BaseHTTPRequestHandler):
+    code = 503
+
     def do_GET(self):  # noqa: N802 (http.server's name)
-        self.send_error(503, "Service Unavailable")
+        self.send_error(self.code)
 
     do_POST = do_GET
 
     def log_message(self, *args):
         pass
+
+
+class _Refusing(_Failing):  # a server in front of MLflow that wants credentials
+    code = 401
 
 
 # (id, params edit, planted files, command, extra env, what the message must contain)
@@ -204,6 +210,7 @@ CASES = [
     ("experiment-deleted", None, "deleted-experiment", TRAIN, {}, "is deleted: restore it"),
     # --- tracking failures bounded ---
     ("server-503", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{failing}"}, "answers HTTP 503"),
+    ("server-401", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{refusing}"}, "error code 401"),
     ("server-silent", _set("mlflow.timeout_s", 2), None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{silent}"},
      "unreachable (timed out)"),
     ("postgres-down", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "postgresql://127.0.0.1:{port}/mlflow"},
@@ -254,11 +261,14 @@ def outcomes(tmp_path_factory):
                    capture_output=True)
     # A tracking server that answers 503 to everything, and one that accepts connections and never answers.
     failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
-    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    for server in (failing, refusing):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    ports = {"failing": failing.server_address[1], "silent": silent.getsockname()[1]}
+    ports = {"failing": failing.server_address[1], "refusing": refusing.server_address[1],
+             "silent": silent.getsockname()[1]}
 
     def run(case):
         name, edit, plant, command, env, _ = case
@@ -293,6 +303,7 @@ def outcomes(tmp_path_factory):
             return dict(pool.map(run, CASES))
     finally:
         failing.shutdown()
+        refusing.shutdown()
         silent.close()
 
 

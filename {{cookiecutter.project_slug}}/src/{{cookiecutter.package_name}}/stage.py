@@ -79,4 +79,7 @@ def run(name, main, defer_signals=False):
     except Exception as e:
         if not handled(e):
             raise
-        sys.exit(f"{name}: {type(e).__name__}: {e}")
+        message = str(e)
+        if not isinstance(e, (ValueError, OSError, ConnectionError)):  # MLflow's: may carry a whole HTML error page
+            message = " ".join(message.split())[:500]
+        sys.exit(f"{name}: {type(e).__name__}: {message}")
