@@ -14,7 +14,7 @@ BIN = Path(sys.executable).parent
 # Pipeline params small enough for a test: every stage runs, in about a minute on 2 cores.
 TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
         "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
-        "optimize": {"quantization": {"enabled": True, "calibration_images": 8},
+        "optimize": {"quantization": {"enabled": True, "calibration_images": 8, "calibration_batch_size": 8},
                      # 5 timed runs are noise: the reliability verdict is tested on its own, not here
                      "latency": {"batch_size": 2, "warmup": 1, "runs": 5, "remeasure": 0,
                                  "reliability": {"max_p90_p50": 1000, "max_interval_width": 1000}}},
