@@ -95,7 +95,8 @@ def _secrets_found(project, outputs, client, run_ids, artifacts):
     for run_id in run_ids:
         run = client.get_run(run_id)
         places[f"run {run_id} params and tags"] = json.dumps([run.data.params, run.data.tags])
-    return sorted(where for where, text in places.items() if any(s in text for s in SECRETS))
+    return sorted(f"{where}: ...{text[max(0, text.index(s) - 200):text.index(s) + 40]}"
+                  for where, text in places.items() for s in SECRETS if s in text)
 
 
 def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):

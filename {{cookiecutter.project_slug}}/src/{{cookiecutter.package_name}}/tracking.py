@@ -171,6 +171,8 @@ def preflight(uri, root, timeout_s):
     """The store answers and takes writes, checked in seconds before any work; one line naming the masked URI
     or the file and the fix otherwise."""
     bound_requests(timeout_s)
+    if has_credentials(uri):  # MLflow prints "View run ... at: <the URI>" as a run ends; the stages print it masked
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if uri.startswith("sqlite:///"):
         check_sqlite(Path(uri[len("sqlite:///"):]), timeout_s)
         files.check_writable(root / "mlruns", directory=True)  # where new experiments keep their artifacts
