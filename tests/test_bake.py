@@ -22,8 +22,8 @@ COMMON = {
                                       "analyze", "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
                                 "test_optimize", "test_robustness", "test_corruptions", "test_security",
-                                "test_register", "test_task", "test_tracking", "test_stage", "test_params", "test_serving",
-                                "test_files", "test_runtime")),
+                                "test_register", "test_task", "test_tracking", "test_stage", "test_params",
+                                "test_serving", "test_files", "test_runtime")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
