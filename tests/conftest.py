@@ -33,9 +33,10 @@ def bake(output_dir, **context):
 STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
 
 
-def sh(project, *cmd, ok=True):
-    """Run a command of the baked project (dvc, mlflow, git, ...); assert it succeeded (or failed, ok=False)."""
-    result = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True)
+def sh(project, *cmd, ok=True, env=None):
+    """Run a command of the baked project (dvc, mlflow, git, ...) with `env` added to its environment; assert it
+    succeeded (or failed, ok=False)."""
+    result = subprocess.run(cmd, cwd=project, env=project_env(project, **(env or {})), capture_output=True, text=True)
     assert (result.returncode == 0) == ok, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 

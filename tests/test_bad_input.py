@@ -1,11 +1,13 @@
 """Bad input, table-driven: each case exits non-zero, names the field or file and the fix, writes nothing and
 leaves no MLflow run RUNNING. Bad cookiecutter answers have their own table in test_hooks.py."""
 
+import http.server
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,10 +42,18 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-def _folder(problem):
-    """Switch to the user's-images source, with `problem` planted in data/raw."""
+def _all(*edits):
+    def edit(p):
+        for e in edits:
+            e(p)
+    return edit
+
+
+def _folder(problem, *edits):
+    """Switch to the user's-images source, with `problem` planted in data/raw (and `edits` to params)."""
     def edit(p):
         p["prepare"]["source"] = "folder"
+        _all(*edits)(p)
     def plant(project):
         raw = project / "data/raw"
         (raw / "images").mkdir()
@@ -61,6 +71,59 @@ def _folder(problem):
         elif problem == "mask_values":
             Image.fromarray(np.full((32, 32), 9, dtype=np.uint8)).save(raw / "masks/4.png")
     return edit, plant
+
+
+SECRET = "hunter2-not-for-logs"
+
+
+def _plant(rel, content=b"", replace=False):
+    """A file at `rel` (its folders made), replacing what is there with replace=True."""
+    def plant(project):
+        path = project / rel
+        if replace:
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return plant
+
+
+HELD = {}  # project: the connection that keeps its store locked while its case runs
+
+
+def _store(*sql, hold=False):
+    """mlflow.db made by these SQL statements; hold=True keeps the connection (and its lock) open."""
+    def plant(project):
+        con = sqlite3.connect(project / "mlflow.db", isolation_level=None, check_same_thread=False)
+        for statement in sql:
+            con.execute(statement)
+        if hold:
+            HELD[project] = con
+        else:
+            con.close()
+    return plant
+
+
+def _first_revision():
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    return list(ScriptDirectory.from_config(_get_alembic_config(db_url="")).walk_revisions())[-1].revision
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    code = 503
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_error(self.code)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class _Refusing(_Failing):  # a server in front of MLflow that wants credentials
+    code = 401
 
 
 # (id, params edit, planted files, command, extra env, what the message must contain)
@@ -105,12 +168,78 @@ CASES = [
     ("data-mask-values", *_folder("mask_values"), PREPARE, {}, "masks/4.png"),
     ("stage-before-its-inputs", None, None, "analyze", {}, "missing input(s) models/model.safetensors"),
     ("compare-bad-option", None, None, "compare --max-runs 0", {}, "--max-runs 0: must be >= 1"),
+    # --- credentials: refused, and never echoed ---
+    ("uri-password", _set("mlflow.tracking_uri", f"postgresql://me:{SECRET}@db/mlflow"), None, PREPARE, {},
+     "mlflow.tracking_uri='postgresql://me:***@db/mlflow': must not carry a password"),
+    ("uri-token-query", _set("mlflow.tracking_uri", f"http://h:5000/?token={SECRET}"), None, PREPARE, {},
+     "PGPASSWORD or ~/.pgpass"),
+    ("env-uri-password-db-down", None, None, TRAIN,
+     {"MLFLOW_TRACKING_URI": f"postgresql+psycopg://me:{SECRET}@127.0.0.1:{{port}}/mlflow"},
+     "tracking database postgresql+psycopg://me:***@127.0.0.1"),
+    ("env-uri-password-server-down", None, None, TRAIN, {"MLFLOW_TRACKING_URI": f"http://me:{SECRET}@127.0.0.1:{{port}}"},
+     "http://me:***@127.0.0.1"),
+    # --- numerics ---
+    ("diverging-lr", _all(_set("lr", 1e30), _set("train.optimizer", {"name": "sgd"})), None, TRAIN, {},
+     "training diverged at epoch 1, batch"),
+    ("duplicate-key", "seed: 1\nseed: 2\n", None, PREPARE, {}, "duplicate key 'seed'"),
+    ("lr-nan", _set("lr", float("nan")), None, PREPARE, {}, "lr=nan: must be a number"),
+    ("lr-inf", _set("lr", float("inf")), None, PREPARE, {}, "lr=inf: must be a number"),
+    ("grad-clip-zero", _set("train.grad_clip_norm", 0), None, PREPARE, {}, "train.grad_clip_norm=0"),
+    ("label-smoothing-one", _set("train.label_smoothing", 1.0), None, PREPARE, {}, "train.label_smoothing=1.0"),
+    # --- storage and the tracking store, checked before work ---
+    ("output-is-a-folder", None, _plant("models/model.safetensors/x"), TRAIN, {},
+     "models/model.safetensors: must be a file but is a folder"),
+    ("output-folder-is-a-file", None, _plant("plots"), TRAIN, {}, "plots: a file where a folder is needed"),
+    ("prepared-is-a-file", None, _plant("data/prepared", replace=True), PREPARE, {},
+     "data/prepared: must be a folder but is a file"),
+    ("mlruns-is-a-file", None, _plant("mlruns"), TRAIN, {}, "mlruns: must be a folder but is a file"),
+    ("store-is-a-folder", None, _plant("mlflow.db/x"), TRAIN, {}, "the tracking store is a folder"),
+    ("store-corrupt", None, _plant("mlflow.db", b"garbage " * 100), TRAIN, {}, "mlflow.db: not an SQLite database"),
+    ("store-foreign", None, _store("create table customers (id integer)"), TRAIN, {}, "of another application"),
+    ("store-newer-schema", None, _store("create table experiments (id integer)",
+                                        "create table alembic_version (version_num varchar(32))",
+                                        "insert into alembic_version values ('ffffffffffff')"), TRAIN, {},
+     "made by a newer MLflow"),
+    ("store-older-schema", None, _store("create table experiments (id integer)",
+                                        "create table alembic_version (version_num varchar(32))",
+                                        f"insert into alembic_version values ('{_first_revision()}')"), TRAIN, {},
+     "made by an older MLflow"),
+    ("store-locked", _set("mlflow.timeout_s", 1), _store("create table t (id integer)", "begin exclusive",
+                                                         "insert into t values (1)", hold=True), TRAIN, {},
+     "locked by another process"),
+    ("experiment-deleted", None, "deleted-experiment", TRAIN, {}, "is deleted: restore it"),
+    # --- tracking failures bounded ---
+    ("server-503", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{failing}"}, "answers HTTP 503"),
+    ("server-401", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{refusing}"}, "error code 401"),
+    ("server-silent", _set("mlflow.timeout_s", 2), None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{silent}"},
+     "unreachable (timed out)"),
+    ("postgres-down", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "postgresql://127.0.0.1:{port}/mlflow"},
+     "tracking database postgresql://127.0.0.1"),
+    ("mysql-down", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/mlflow"},
+     "is unreachable"),
+    ("timeout-zero", _set("mlflow.timeout_s", 0), None, PREPARE, {}, "mlflow.timeout_s=0"),
+    # --- training edge cases, named before training ---
+    ("device-unknown", _set("train.device", "tpu"), None, TRAIN, {}, "train.device='tpu': no such device here; valid"),
+    ("device-absent", _set("train.device", "cuda:7"), None, TRAIN, {}, "train.device='cuda:7'"),
+    ("batch-of-one", _set("train.batch_size", 1), None, TRAIN, {}, "batches of one, which BatchNorm"),
+    ("decompression-bomb", *_folder("none", _set("prepare.max_image_pixels", 500)), PREPARE, {},
+     "images/0.png: over prepare.max_image_pixels=500"),
+    ("max-image-pixels-zero", _set("prepare.max_image_pixels", 0), None, PREPARE, {}, "prepare.max_image_pixels=0"),
+    ("experiment-empty", _set("mlflow.experiment", " "), None, PREPARE, {}, "mlflow.experiment=' '"),
+    ("run-name-number", _set("mlflow.run_name", 5), None, PREPARE, {}, "mlflow.run_name=5"),
 ]
+# A run that fails in training ends FAILED (others open no run).
+FAILED_RUN = {"diverging-lr"}
 
 
 def _snapshot(project):
+    # The tracking store aside (a failing train run is recorded there, FAILED): every output of a stage.
+    def store(p):  # mlflow.db and its -journal / .lock, mlruns/
+        top = p.relative_to(project).parts[0]
+        return top.startswith("mlflow.db") or top == "mlruns"
     return {str(p.relative_to(project)): p.stat().st_mtime_ns for p in project.rglob("*")
-            if p.is_file() and ".git" not in p.parts and p.name != "params.yaml" and "__pycache__" not in p.parts}
+            if p.is_file() and ".git" not in p.parts and p.name != "params.yaml" and "__pycache__" not in p.parts
+            and not store(p)}
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +253,22 @@ def outcomes(tmp_path_factory):
     package = base.name.replace("-", "_")
     subprocess.run([sys.executable, "-m", f"{package}.prepare"], cwd=base, env=project_env(base), check=True,
                    capture_output=True)
+    # A store whose experiment (the project's) is in MLflow's trash.
+    deleted_store = tmp_path_factory.mktemp("deleted") / "mlflow.db"
+    code = (f"import mlflow; mlflow.set_tracking_uri('sqlite:///{deleted_store}'); "
+            f"mlflow.delete_experiment(mlflow.create_experiment({params['mlflow']['experiment']!r}))")
+    subprocess.run([sys.executable, "-c", code], cwd=deleted_store.parent, env=project_env(base), check=True,
+                   capture_output=True)
+    # A tracking server that answers 503 to everything, and one that accepts connections and never answers.
+    failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    for server in (failing, refusing):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    ports = {"failing": failing.server_address[1], "refusing": refusing.server_address[1],
+             "silent": silent.getsockname()[1]}
 
     def run(case):
         name, edit, plant, command, env, _ = case
@@ -135,32 +280,44 @@ def outcomes(tmp_path_factory):
             p = yaml.safe_load((project / "params.yaml").read_text())
             edit(p)
             (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-        if plant:
+        if plant == "deleted-experiment":
+            shutil.copy(deleted_store, project / "mlflow.db")
+        elif plant:
             plant(project)
         before = _snapshot(project)
         module, *args = command.split()
-        env = {k: v.format(port=_closed_port()) for k, v in env.items()}
+        env = {k: v.format(port=_closed_port(), **ports) for k, v in env.items()}
         result = subprocess.run([sys.executable, "-m", f"{package}.{module}", *args], cwd=project,
                                 env=project_env(project, **env), capture_output=True, text=True, timeout=300)
-        running = 0
-        if (project / "mlflow.db").exists():
+        if project in HELD:
+            HELD.pop(project).close()
+        try:
             with sqlite3.connect(project / "mlflow.db") as db:
-                running = db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
-        return name, (result.returncode, result.stdout + result.stderr, before, _snapshot(project), running)
+                statuses = [r[0] for r in db.execute("select status from runs")]
+        except sqlite3.Error:  # no store, or the planted broken one
+            statuses = []
+        return name, (result.returncode, result.stdout + result.stderr, before, _snapshot(project), statuses)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, CASES))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return dict(pool.map(run, CASES))
+    finally:
+        failing.shutdown()
+        refusing.shutdown()
+        silent.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_early_and_clearly(outcomes, case):
-    code, message, before, after, running = outcomes[case[0]]
+    code, message, before, after, statuses = outcomes[case[0]]
     assert code != 0, message
     assert case[-1] in message, message
     assert "Traceback" not in message, message  # a sentence for the user, not a stack
+    assert SECRET not in message  # a password is never printed back
     assert after == before  # nothing written, nothing half-written
-    assert running == 0  # no MLflow run left RUNNING
+    assert "RUNNING" not in statuses  # no MLflow run left RUNNING
+    assert statuses == (["FAILED"] if case[0] in FAILED_RUN else [])
 
 
 def test_the_table_is_big_enough():
-    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 65 and len({c[0] for c in CASES}) == len(CASES)

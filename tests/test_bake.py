@@ -22,7 +22,7 @@ COMMON = {
         "prepare", "train", "analyze", "optimize", "robustness", "register", "compare")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
-        "test_tracking", "test_environment", "test_corruptions", "test_security", "test_serving",
+        "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security", "test_serving",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
@@ -225,7 +225,7 @@ def test_git_and_dvc_initialised_with_one_clean_commit(case):
 
 def test_hostile_answers_survive(tmp_path):
     answers = {
-        "project_name": "Ünïcode \"Quoted\" O'Brien's Project",
+        "project_name": "Ünïcode \"Quoted\" O'Brien's \"\"\"Triple\"\"\" \\n \\u0041 \\ Project",
         "project_slug": "hostile-project",
         "author_name": "O'Brien \"The Tester\" Ñoño",
         "description": "Line one with \"quotes\", a backslash \\ and a colon: yes\nline two {braces} # not a comment",
@@ -239,6 +239,11 @@ def test_hostile_answers_survive(tmp_path):
     assert params["mlflow"]["experiment"] == "hostile-project"
     assert (project / "src" / "hostile_project" / "train.py").exists()
     compile((project / "src" / "hostile_project" / "__init__.py").read_text(), "__init__.py", "exec")
+    # Every answer round-trips: Markdown heading, the licence, and the package imports.
+    assert (project / "README.md").read_text().splitlines()[0] == f"# {answers['project_name']}"
+    assert answers["author_name"] in (project / "LICENSE").read_text()
+    subprocess.run([sys.executable, "-c", "import hostile_project.params, hostile_project.names"], check=True,
+                   env={"PYTHONPATH": str(project / "src"), "PATH": str(BIN)})
 
 
 def test_first_commit_without_a_git_identity(tmp_path):

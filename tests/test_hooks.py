@@ -27,6 +27,21 @@ from conftest import TEMPLATE, bake
     ({"architecture": "NoSuchNet"}, "architecture"),
     ({"task": "classification", "architecture": "Unet"}, "architecture"),
     ({"encoder": "resnet19"}, "encoder"),
+    # credentials belong in the environment, never in a file that is committed
+    ({"mlflow_tracking_uri": "postgresql+psycopg://mlflow:hunter2@db:5432/mlflow"}, "mlflow_tracking_uri"),
+    ({"mlflow_tracking_uri": "http://alice:hunter2@mlflow.example.com"}, "mlflow_tracking_uri"),
+    ({"mlflow_tracking_uri": "https://mlflow.example.com/?token=hunter2"}, "mlflow_tracking_uri"),
+    ({"dvc_remote": "https://alice:hunter2@dav.example.com/store"}, "dvc_remote"),
+    ({"dvc_remote": "ssh://alice:hunter2@host/store"}, "dvc_remote"),
+    # names Windows reserves for devices, and names that would break a one-line field
+    ({"project_slug": "con", "package_name": "ok_pkg"}, "project_slug"),
+    ({"project_slug": "nul", "package_name": "ok_pkg"}, "project_slug"),
+    ({"project_slug": "aux", "package_name": "ok_pkg"}, "project_slug"),
+    ({"project_slug": "com1", "package_name": "ok_pkg"}, "project_slug"),
+    ({"project_slug": "lpt9", "package_name": "ok_pkg"}, "project_slug"),
+    ({"package_name": "prn"}, "package_name"),
+    ({"project_name": "Two\nlines", "project_slug": "two-lines"}, "project_name"),
+    ({"author_name": "Tab\there"}, "author_name"),
 ])
 def test_bad_answer_is_rejected_by_name(tmp_path, capfd, answers, field):
     with pytest.raises(FailedHookException):
@@ -35,6 +50,14 @@ def test_bad_answer_is_rejected_by_name(tmp_path, capfd, answers, field):
     lines = [line for line in err.splitlines() if line.startswith("ERROR:")]
     assert len(lines) == 1 and lines[0].startswith(f"ERROR: {field}="), err
     assert list(tmp_path.iterdir()) == []  # no half-generated project left behind
+    assert "hunter2" not in err  # a password is never printed back
+
+
+@pytest.mark.parametrize("uri", ["postgresql+psycopg://mlflow@db:5432/mlflow", "http://mlflow.example.com:5000",
+                                 "https://alice@mlflow.example.com"])
+def test_uris_without_a_password_are_accepted(tmp_path, uri):
+    project = bake(tmp_path, mlflow_tracking_uri=uri, init_git=False)
+    assert uri in (project / "params.yaml").read_text()
 
 
 def test_bad_choice_generates_nothing(tmp_path):

@@ -81,6 +81,24 @@ def server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+SECRETS = ("hunter2-basic-auth", "hunter2-in-the-uri", "hunter2-pgpass")
+
+
+def _secrets_found(project, outputs, client, run_ids, artifacts):
+    """Where any of SECRETS shows up: command output, git history, project files, MLflow params / tags /
+    artifacts (server side) of the runs."""
+    places = {"command output": "\n".join(outputs),
+              "git history": sh(project, "git", "log", "-p", "--all"),
+              **{str(p): p.read_bytes().decode(errors="replace") for p in project.rglob("*")
+                 if p.is_file() and ".git" not in p.parts},
+              **{str(p): p.read_bytes().decode(errors="replace") for p in artifacts.rglob("*") if p.is_file()}}
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        places[f"run {run_id} params and tags"] = json.dumps([run.data.params, run.data.tags])
+    return sorted(f"{where}: ...{text[max(0, text.index(s) - 200):text.index(s) + 40]}"
+                  for where, text in places.items() for s in SECRETS if s in text)
+
+
 def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
     uri, artifacts = server
     # Classification here: with test_pipeline.py (segmentation), both tasks run the whole pipeline for real.
@@ -99,7 +117,11 @@ def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
             pixels = rng.integers(low, low + 128, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(project / f"data/raw/{name}/{i:03d}.png")
     sh(project, "dvc", "add", "data/raw/dark", "data/raw/bright")
-    assert "folder classification images" in sh(project, "dvc", "repro")
+    # Credentials the supported way, in the environment (this server has no auth and ignores them): they must
+    # not land anywhere.
+    creds = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": SECRETS[0], "PGPASSWORD": SECRETS[2]}
+    first = sh(project, "dvc", "repro", env=creds)
+    assert "folder classification images" in first
     assert not (project / "mlflow.db").exists()  # nothing went to the embedded store
 
     mlflow.set_tracking_uri(uri)
@@ -116,9 +138,13 @@ def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
 
     # One raw image changed: prepare and every stage after it run again, and the new run records the new data.
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(project / "data/raw/bright/000.png")
-    out = sh(project, "dvc", "repro")
+    # This time a password written into MLFLOW_TRACKING_URI (sent as basic auth): printed masked, stored nowhere.
+    in_uri = uri.replace("http://", f"http://alice:{SECRETS[1]}@")
+    out = sh(project, "dvc", "repro", env={"MLFLOW_TRACKING_URI": in_uri, "PGPASSWORD": SECRETS[2]})
+    assert "http://alice:***@127.0.0.1" in out
     assert [line for line in out.splitlines() if line.startswith("Running stage")] == [
         f"Running stage '{stage}':" for stage in STAGES]
     rerun = client.get_run(json.loads((project / "metrics/mlflow.json").read_text())["run_id"])
     assert rerun.info.run_id != run.info.run_id and rerun.data.tags["data_sha256"] != run.data.tags["data_sha256"]
     assert "Running stage" not in sh(project, "dvc", "repro")
+    assert _secrets_found(project, [first, out], client, [run.info.run_id, rerun.info.run_id], artifacts) == []

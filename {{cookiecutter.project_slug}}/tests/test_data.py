@@ -110,3 +110,10 @@ def test_wrong_number_of_class_folders(tmp_path):
     _png(tmp_path / "only" / "a.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(data.DataError, match="found 1 class folders"):
         data.load_folder("classification", tmp_path, size=8, num_classes=2)
+
+
+def test_an_image_over_the_pixel_limit_names_the_file_and_the_param(tmp_path):
+    _segmentation_folder(tmp_path, n=2, size=20)
+    with pytest.raises(data.DataError, match=r"images/im0.png: over prepare.max_image_pixels=300 .*\(20x20\)"):
+        data.load_folder("segmentation", tmp_path, size=16, num_classes=2, max_pixels=300)
+    assert len(data.load_folder("segmentation", tmp_path, size=16, num_classes=2, max_pixels=400)[0]) == 2

@@ -93,3 +93,22 @@ def test_one_problem_is_one_line_and_several_are_listed(tmp_path):
 
 def test_flatten():
     assert params.flatten({"train": {"model": {"encoder": "x"}}, "lr": 1}) == {"train.model.encoder": "x", "lr": 1}
+
+
+@pytest.mark.parametrize("uri", ["postgresql://me:hunter2@db/mlflow", "http://alice:hunter2@host:5000",
+                                 "https://host/?token=hunter2"])
+def test_a_tracking_uri_with_a_password_is_refused_without_echoing_it(uri):
+    (error,) = errors_with(mlflow__tracking_uri=uri)
+    assert "must not carry a password" in error and "MLFLOW_TRACKING_PASSWORD" in error and "hunter2" not in error
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_numbers_must_be_finite(value):
+    (error,) = errors_with(lr=value)
+    assert error.startswith("lr=") and "must be a number" in error
+
+
+def test_a_duplicated_key_is_an_error_not_a_silent_choice(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 1\nlr: 0.1\nseed: 2\n")
+    with pytest.raises(params.ParamsError, match=r"YAML \(duplicate key 'seed'; keep one of them in .*line 3"):
+        params.load(tmp_path / "params.yaml")

@@ -81,6 +81,31 @@ def test_scan_of_nothing_is_never_a_pass(tmp_path):
     assert result["status"] == "WARN"
 
 
+def test_a_folder_of_text_only_is_a_warning_not_a_pass(tmp_path):
+    (tmp_path / "MLmodel").write_text("artifact_path: model\nflavors:\n")
+    (tmp_path / "conda.yaml").write_text("channels:\n- conda-forge\n")
+    (result,) = security.check_scan(tmp_path)
+    assert result["status"] == "WARN" and "(2 of them text); nothing to scan" in result["evidence"]
+
+
+def test_the_model_logged_to_mlflow_is_scanned_archives_included(tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("scan", artifact_location=(tmp_path / "mlruns").as_uri())
+    example = torch.rand(2, 3, 8, 8).numpy()
+    with mlflow.start_run(experiment_id=experiment):  # as train logs it: pt2, a torch.export zip
+        uri = mlflow.pytorch.log_model(_tiny_classifier(), name="model", input_example=example,
+                                       pip_requirements=["torch"]).model_uri
+    (scan,) = security.check_logged_scan(uri)
+    # The pickles inside the .pt2's zip (torch.save'd sample inputs) were seen and found harmless.
+    assert scan["status"] == "PASS" and "model.pt2:" in scan["evidence"] and "data.pkl" in scan["evidence"]
+    local = Path(mlflow.get_logged_model(uri.split("/")[-1]).artifact_location.removeprefix("file://"))
+    (local / "evil.pkl").write_bytes(pickle.dumps(Evil()))
+    (scan,) = security.check_logged_scan(uri)
+    assert scan["status"] == "FAIL" and f"{uri}/evil.pkl" in scan["evidence"] and str(tmp_path) not in scan["evidence"]
+
+
 def test_safe_formats_pass(tmp_path):
     models.save_checkpoint(tmp_path / "m.safetensors", _tiny_classifier(), {"x": 1})
     _onnx(tmp_path / "m.onnx")

@@ -101,3 +101,27 @@ def test_loads_outside_the_project_with_the_code_it_was_logged_with(logged, tmp_
     assert out.stdout.strip().endswith(str((1, *LOGITS[TASK])))
     downloaded = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model"))
     assert not [p for p in os.listdir(downloaded) if p.endswith((".pkl", ".pickle"))]
+
+
+def test_a_batch_over_the_limit_is_refused_naming_the_setting(logged, monkeypatch):
+    pyfunc = logged[0]
+    monkeypatch.setattr(pyfunc.unwrap_python_model(), "max_batch", 2)
+    with pytest.raises(MlflowException, match=f"a batch of 3 images: at most 2 per request .{serving.MAX_BATCH_ENV}"):
+        pyfunc.predict(_image(batch=3))
+    assert pyfunc.predict(_image(batch=2)).shape[0] == 2
+
+
+def test_an_internal_error_reaches_the_client_without_a_trace_or_a_path(logged, monkeypatch):
+    from mlflow.pyfunc import scoring_server
+
+    pyfunc = logged[0]
+
+    def broken(x):
+        raise RuntimeError(f"failed in {__file__}")
+    monkeypatch.setattr(pyfunc.unwrap_python_model(), "run", broken)
+    body = json.dumps({"inputs": _image(batch=1).tolist()})
+    with pytest.raises(MlflowException) as e:
+        scoring_server.invocations(body, "application/json", pyfunc, pyfunc.metadata.get_input_schema())
+    response = e.value.serialize_as_json()  # what the scoring server sends back
+    assert e.value.get_http_status_code() == 500 and "inference failed on the server" in response
+    assert "Traceback" not in response and __file__ not in response and "stack_trace" not in response

@@ -70,7 +70,8 @@ def main(argv=None):
         parser.error("mlflow.enabled is false in params.yaml: there are no runs to compare")
     tracking.connect(cfg, tracking.repo_root())
     if mlflow.get_experiment_by_name(cfg["experiment"]) is None:
-        parser.error(f"no MLflow experiment {cfg['experiment']!r} in {mlflow.get_tracking_uri()}: run dvc repro first")
+        store = tracking.mask(mlflow.get_tracking_uri())
+        parser.error(f"no MLflow experiment {cfg['experiment']!r} in {store}: run dvc repro first")
     runs = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string="attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=args.max_runs, output_format="list")
     rows = [row_of(r) for r in runs]

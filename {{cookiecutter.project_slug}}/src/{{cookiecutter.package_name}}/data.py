@@ -10,6 +10,7 @@ indices for segmentation, or int64 labels (N,) for classification.
 
 import hashlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +110,23 @@ def _image_files(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read(path, size, mode):
+def _read(path, size, mode, max_pixels=None):
     from PIL import Image, UnidentifiedImageError
 
+    default, limit = Image.MAX_IMAGE_PIXELS, max_pixels or Image.MAX_IMAGE_PIXELS
+    bomb = (f"{path}: over prepare.max_image_pixels={limit} pixels (a guard against decompression bombs); raise "
+            "prepare.max_image_pixels if the image is genuine, or shrink it")
     try:
-        with Image.open(path) as im:
+        try:  # PIL's own guard, checked as it opens, at our limit: it warns above it and refuses at twice it
+            Image.MAX_IMAGE_PIXELS = limit
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
+        with im:
+            if im.width * im.height > limit:
+                raise DataError(f"{bomb} ({im.width}x{im.height})")
             im.load()
             original = im.size
             if mode == "image":
@@ -127,12 +140,14 @@ def _read(path, size, mode):
                                         f"colour image; save it as 8-bit grayscale or palette PNG")
                     arr = arr[..., 0]
                 arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.NEAREST))
+    except Image.DecompressionBombError:
+        raise DataError(bomb) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: cannot read image ({e}); replace or remove the file") from None
     return arr, original
 
 
-def load_folder(task, raw_dir, size, num_classes):
+def load_folder(task, raw_dir, size, num_classes, max_pixels=None):
     """Read data/raw. Returns (images, targets, class_names), resized to size x size.
 
     segmentation: raw_dir/images/<name>.<ext> with raw_dir/masks/<name>.png (class index per pixel; a
@@ -154,8 +169,8 @@ def load_folder(task, raw_dir, size, num_classes):
         for p in files:
             if p.stem not in masks:
                 raise DataError(f"{p}: no mask {mask_dir / (p.stem + '.png')}; add it or remove the image")
-            img, img_size = _read(p, size, "image")
-            mask, mask_size = _read(masks[p.stem], size, "mask")
+            img, img_size = _read(p, size, "image", max_pixels)
+            mask, mask_size = _read(masks[p.stem], size, "mask", max_pixels)
             if img_size != mask_size:
                 raise DataError(f"{masks[p.stem]}: mask is {mask_size[0]}x{mask_size[1]} but its image {p.name} "
                                 f"is {img_size[0]}x{img_size[1]}; they must be the same size")
@@ -181,7 +196,7 @@ def load_folder(task, raw_dir, size, num_classes):
         if not files:
             raise DataError(f"{d}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for p in files:
-            images.append(_read(p, size, "image")[0])
+            images.append(_read(p, size, "image", max_pixels)[0])
             targets.append(label)
     return np.stack(images), np.asarray(targets, np.int64), [d.name for d in class_dirs]
 

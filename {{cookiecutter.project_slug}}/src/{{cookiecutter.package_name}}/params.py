@@ -8,6 +8,8 @@ with a did-you-mean (DVC's `-S` would otherwise let a typo such as `train.epoch=
 """
 
 import difflib
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -30,7 +32,7 @@ def integer(lo=None):
 
 def number(lo=None, hi=None, lo_open=False, hi_open=False):
     def check(v):
-        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v != v
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)  # NaN, .inf
         bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
         bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
         if bad:
@@ -65,6 +67,17 @@ def model_name(v):
 def store_uri(v):
     if string(v) or not v.startswith(names.TRACKING_SCHEMES):
         return f"must start with one of {', '.join(names.TRACKING_SCHEMES)} (default: sqlite:///mlflow.db, embedded)"
+    if re.search(names.URI_PASSWORD, v) or re.search(names.URI_SECRET_QUERY, v):
+        return ("must not carry a password (it would be committed to git and logged as an MLflow param); remove it "
+                "and give it in the environment: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                "MLFLOW_TRACKING_TOKEN) for a server, PGPASSWORD or ~/.pgpass for PostgreSQL")
+
+
+def shown(v):
+    """A value as an error message may show it: credentials in a URI masked."""
+    if isinstance(v, str):
+        v = re.sub(names.URI_SECRET_QUERY, r"\1***", re.sub(names.URI_PASSWORD, r"\1:***@", v))
+    return repr(v)
 
 
 def nullable(rule):
@@ -91,6 +104,7 @@ SCHEMA = {
     "prepare": {
         "task": choice(*names.TASKS), "source": choice("synthetic", "folder"), "raw_dir": string,
         "image_size": integer(16), "num_classes": integer(2), "synthetic_images": integer(10),
+        "max_image_pixels": integer(1),
         "val_fraction": number(0, 0.5, lo_open=True, hi_open=True),
         "test_fraction": number(0, 0.5, lo_open=True, hi_open=True),
     },
@@ -134,7 +148,7 @@ SCHEMA = {
         "promote": choice(*names.PROMOTE), "fail_on_gate": boolean,
     },
     "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
-               "run_name": nullable(string)},
+               "run_name": nullable(string), "timeout_s": number(1)},
 }
 
 
@@ -157,7 +171,7 @@ def validate(p, schema=SCHEMA, prefix=""):
         elif isinstance(rule, dict):
             errors += validate(p[key], rule, f"{prefix}{key}.")
         elif problem := rule(p[key]):
-            errors.append(f"{prefix}{key}={p[key]!r}: {problem}")
+            errors.append(f"{prefix}{key}={shown(p[key])}: {problem}")
     return errors
 
 
@@ -194,14 +208,28 @@ def train_checks(task, tp):
     return errors
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a duplicated key is an error here."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}; keep one of them",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path="params.yaml"):
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run the stage from the project root (where dvc.yaml is)")
     try:
-        p = yaml.safe_load(path.read_text())
+        p = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e}); fix the line it names") from None
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(e).split())}); fix the line it names") from None
     errors = validate(p)
     errors = errors or cross_checks(p)
     if len(errors) == 1:

@@ -18,7 +18,8 @@ def build(p, seed):
         images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
                                                      p["num_classes"], seed)
     else:
-        images, targets, names = data.load_folder(p["task"], p["raw_dir"], p["image_size"], p["num_classes"])
+        images, targets, names = data.load_folder(p["task"], p["raw_dir"], p["image_size"], p["num_classes"],
+                                                    p["max_image_pixels"])
     idx = data.split_indices(len(images), p["val_fraction"], p["test_fraction"], seed)
     splits = {name: (images[i], targets[i]) for name, i in idx.items()}
     mean, std = data.channel_stats(splits["train"][0])

@@ -4,12 +4,14 @@
     device(type='cpu')
 """
 
+import math
 import os
 import random
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def seed_everything(seed):
@@ -20,12 +22,43 @@ def seed_everything(seed):
     torch.backends.cudnn.benchmark = False
 
 
+def devices():
+    """The train.device names this machine has."""
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["auto", "cpu", *(["cuda"] if cuda else []), *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
+
+
 def pick_device(name, local_rank=0):
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    if name not in devices():
+        raise ValueError(f"train.device={name!r}: no such device here; valid: {', '.join(devices())}")
     return torch.device(name)
+
+
+def drop_last_batch(n, batch_size, world, model):
+    """Whether the train loader drops its last, partial batch: when it would hold one sample per process, which
+    BatchNorm cannot normalise in training mode. Raises ValueError when BatchNorm never gets two samples."""
+    per_rank, per_batch = math.ceil(n / world), batch_size // world
+    if (per_batch < 2 or per_rank < 2) and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"train.batch_size={batch_size} with {n} training images over {world} process(es) gives "
+                         f"batches of one, which BatchNorm layers cannot train on; use train.batch_size >= {2 * world} "
+                         "and at least 2 training images per process")
+    return per_batch > 1 and per_rank % per_batch == 1
+
+
+def finite_step(loss, model, max_norm, where):
+    """After backward(): clip the gradients to max_norm (None: no clipping) and return their total norm, or raise
+    ValueError naming `where` (epoch, batch) when the loss or the norm is NaN or infinite, before optimizer.step()
+    spoils the weights. Under DDP the gradients are averaged over processes: every rank stops at the same batch."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm) if max_norm else nn.utils.get_total_norm(grads)
+    if not (torch.isfinite(loss) and torch.isfinite(norm)):
+        raise ValueError(f"training diverged at {where}: loss {loss.item():.4g}, gradient norm {norm.item():.4g}; "
+                         "lower lr, keep train.grad_clip_norm set, or check the data; nothing was written")
+    return norm
 
 
 def init_distributed(batch_size):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -119,6 +120,11 @@ def _open(name, data, depth):
                 yield from _open(f"{name}:{member}", z.read(member), depth + 1)
 
 
+# Metadata MLflow and the stages write beside model files (MLmodel, conda.yaml, requirements.txt, the code of a
+# models-from-code model, deployable.json): no loader unpickles them.
+TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".py", ".toml", ".cfg"}
+
+
 def _pickle_like(name, data):
     # Pickle protocol 2+ starts with PROTO (0x80, version); older protocols have no magic, so the names
     # picklescan treats as pickles count too.
@@ -133,13 +139,16 @@ def check_scan(folder):
     how many files, members and pickles were seen."""
     from picklescan.scanner import scan_pickle_bytes
 
-    seen, pickles, flagged, errors = [], {}, {}, []
+    seen, pickles, flagged, errors, skipped = [], {}, {}, [], 0
     quiet = logging.getLogger("picklescan")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns on every non-pickle it is handed; we hand it everything
     try:
         for name, data in _leaves(folder):
             seen.append(name)
+            if Path(name).suffix in TEXT_SUFFIXES or Path(name).name == "MLmodel":
+                skipped += 1  # read as YAML / JSON / text by whoever reads them; as pickles they parse to noise
+                continue
             try:
                 r = scan_pickle_bytes(io.BytesIO(data), name)
             except Exception as e:  # picklescan raises ValueError on some malformed streams
@@ -159,12 +168,13 @@ def check_scan(folder):
     if flagged:
         return [finding("pickle-scan", "FAIL", "critical", f"picklescan: {json.dumps(flagged)}",
                         "delete these files; never load them")]
-    if errors or not seen:
+    if errors or len(seen) == skipped:
         return [finding("pickle-scan", "WARN", "medium", f"picklescan saw {len(seen)} files and archive members "
-                        f"under {folder}; {'; '.join(errors) or 'nothing to scan'}",
+                        f"under {folder} ({skipped} of them text); {'; '.join(errors) or 'nothing to scan'}",
                         "point the scan at the folder that holds the model files")]
     return [finding("pickle-scan", "PASS", "info", f"picklescan: {len(_files(folder))} files ({len(seen)} entries "
-                    f"counting archive members), {len(pickles)} pickles (imports each: {json.dumps(pickles)}), "
+                    f"counting archive members, {skipped} text), {len(pickles)} pickles "
+                    f"(imports each: {json.dumps(pickles)}), "
                     "no code-running import")]
 
 
@@ -262,8 +272,21 @@ def summarize(findings):
     return counts
 
 
+def check_logged_scan(model_uri):
+    """check_scan over the files of the model logged to MLflow (train's .pt2, whose zip holds torch.save pickles),
+    downloaded from the tracking store: what a user pulls from the registry is scanned too."""
+    if not model_uri:
+        return []
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        return [{**f, "evidence": f["evidence"].replace(str(local), model_uri)} for f in check_scan(local)]
+
+
 def audit(model_files, scan_dir, model_uri, tracking_uri, values, input_shape, pyproject=None):
     """Every check; returns (findings, summary). pyproject defaults to the repository root's."""
-    findings = [*check_formats(model_files, model_uri), *check_scan(scan_dir), *check_versions(pyproject),
+    findings = [*check_formats(model_files, model_uri), *check_scan(scan_dir), *check_logged_scan(model_uri),
+                *check_versions(pyproject),
                 *check_tracking(tracking_uri), *check_secrets(values), *check_input_validation(input_shape)]
     return findings, summarize(findings)

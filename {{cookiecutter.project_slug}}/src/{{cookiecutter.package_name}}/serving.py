@@ -14,6 +14,8 @@ imports `Deployable` from this package, and the package's modules it needs trave
 
 import importlib.metadata
 import json
+import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,11 +24,16 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
 from {{ cookiecutter.package_name }} import models
 
 RUNTIMES = ("onnxruntime", "pytorch")
+# Images one request may hold: `mlflow models serve` (uvicorn) reads a request body whole, with no size limit of
+# its own, so a larger batch is refused here, before inference; bytes are capped in front of it (a reverse
+# proxy's client_max_body_size, see the README). Set in the server's environment.
+MAX_BATCH_ENV = "MODEL_MAX_BATCH"
+MAX_BATCH_DEFAULT = 64
 # The file MLflow executes when the model loads; set_model hands it the model object. Kept out of this module,
 # which must not register a model as a side effect of being imported.
 MODEL_CODE = f'''"""Executed by MLflow when the model loads (models-from-code): no pickle involved."""
@@ -66,16 +73,26 @@ class Deployable(mlflow.pyfunc.PythonModel):
         spec = json.loads(Path(context.artifacts["spec"]).read_text())
         self.input_shape = spec["input_shape"]  # [3, H, W]
         self.run = runner(context.artifacts["model"], spec["runtime"])
+        self.max_batch = int(os.environ.get(MAX_BATCH_ENV, MAX_BATCH_DEFAULT))
 
     # np.ndarray: a type hint MLflow accepts without deriving a schema from it (the signature is the logged one).
     def predict(self, context, model_input: np.ndarray, params=None):
         try:
             models.validate_input(model_input, self.input_shape)
+            if len(model_input) > self.max_batch:
+                raise ValueError(f"a batch of {len(model_input)} images: at most {self.max_batch} per request "
+                                 f"({MAX_BATCH_ENV} on the server); split the batch")
         except ValueError as e:
             # MlflowException with this code is what the scoring server turns into HTTP 400 carrying only the
             # message; any other exception becomes a 400 carrying a stack trace instead.
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        return self.run(model_input)
+        try:
+            return self.run(model_input)
+        except Exception:
+            # The traceback (server paths, library internals) goes to the server's log, not to the client.
+            logging.getLogger(__name__).exception("inference failed")
+            raise MlflowException("inference failed on the server; its log has the details",
+                                  error_code=INTERNAL_ERROR) from None
 
 
 def requirements(runtime):

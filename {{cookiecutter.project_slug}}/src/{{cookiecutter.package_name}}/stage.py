@@ -31,11 +31,13 @@ class ForeignCodeError(ValueError):
 
 
 def begin(name):
-    """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present; returns the
-    params."""
+    """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present, its output
+    locations writable with room (leftovers of an interrupted write removed); returns the params. The tracking
+    store is checked as the stage opens its run (tracking.connect), also before any work."""
     check_own_code()
     p = params.load()
     files.require(name)
+    files.preflight(name)
     return p
 
 
@@ -98,4 +100,7 @@ def run(name, main, defer_signals=False):
     except Exception as e:
         if not handled(e):
             raise
-        sys.exit(f"{name}: {type(e).__name__}: {e}")
+        message = str(e)
+        if not isinstance(e, (ValueError, OSError, ConnectionError)):  # MLflow's: may carry a whole HTML error page
+            message = " ".join(message.split())[:500]
+        sys.exit(f"{name}: {type(e).__name__}: {message}")

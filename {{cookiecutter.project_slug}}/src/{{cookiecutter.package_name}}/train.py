@@ -17,7 +17,6 @@ import time
 import mlflow
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
@@ -39,10 +38,10 @@ from {{ cookiecutter.package_name }} import (
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes, device, augment, generator,
-                    grad_clip_norm=None, amp=False):
+                    grad_clip_norm=None, amp=False, epoch=1):
     model.train()
     total, n, rows = 0.0, 0, []
-    for images, y in stage.checked(tqdm(loader, desc="train", leave=False, disable=None)):
+    for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
         x, y = data.augment(data.to_float(images), y, augment, generator)
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -50,8 +49,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
-        if grad_clip_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        runtime.finite_step(loss, model, grad_clip_norm, f"epoch {epoch}, batch {batch} of {len(loader)}")
         optimizer.step()
         total += loss.item() * len(x)
         n += len(x)
@@ -88,7 +86,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, task_name=task_name, num_classes=num_classes,
                              device=device, augment=augment, generator=generator, grad_clip_norm=grad_clip_norm,
-                             amp=amp)
+                             amp=amp, epoch=epoch)
         # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
         va = evaluate(net, val_loader, loss_fn, task_name=task_name, num_classes=num_classes, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -110,13 +108,14 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
     return best_state, history, best_epoch
 
 
-def make_loaders(splits, batch_size, num_workers, seed, world, rank, device):
+def make_loaders(splits, batch_size, num_workers, seed, world, rank, device, drop_last=False):
     """Train (shuffled; sharded under DDP, each rank taking batch_size / world), val and test loaders."""
     sets = {name: TensorDataset(*tensors) for name, tensors in splits.items()}
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
     shuffle = ({"sampler": DistributedSampler(sets["train"], world, rank, shuffle=True, seed=seed)} if world > 1
                else {"shuffle": True, "generator": torch.Generator().manual_seed(seed)})
-    return {"train": DataLoader(sets["train"], batch_size=batch_size // world, **shuffle, **common),
+    return {"train": DataLoader(sets["train"], batch_size=batch_size // world, drop_last=drop_last, **shuffle,
+                                **common),
             **{name: DataLoader(sets[name], batch_size=batch_size, **common) for name in ("val", "test")}}
 
 
@@ -129,7 +128,7 @@ def start_run(p, info, model_args, world, device):
             "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                         tp["model"]["pretrained"]), tags)
-    print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {mlflow.get_tracking_uri()}")
+    print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {tracking.mask(mlflow.get_tracking_uri())}")
     mlflow.log_params(params.flatten(p))
     mlflow.log_dict(environment.installed_versions(), "environment/installed_versions.json")
     mlflow.log_metrics({f"prepare/{k}": v for k, v in files.read_json(paths.metrics("prepare")).items()})
@@ -192,7 +191,8 @@ def main():
     model, model_args = models.for_data(tp["model"], info)
     model.to(device)
     splits = {name: data.load_split(paths.split(name)) for name in ("train", "val", "test")}
-    loaders = make_loaders(splits, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device)
+    loaders = make_loaders(splits, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device,
+                           runtime.drop_last_batch(len(splits["train"][0]), tp["batch_size"], world, model))
     loss_fn = task.make_loss(task_name, tp["loss"], num_classes, tp.get("label_smoothing", 0.0))
     optimizer = optim.make_optimizer(model, tp["optimizer"], p["lr"])
     tracked = p["mlflow"]["enabled"] and rank == 0
