@@ -93,9 +93,10 @@ def test_classification_split_gives_scalar_labels():
 
 def test_written_split_reads_back_lazily(tmp_path):
     images, masks = _seg_rows(n=5)
-    sums = data.write_split(tmp_path / "s", zip(images, masks), 5, 8, "segmentation", 2)
+    sums = data.write_split(tmp_path / "s", zip(images, masks, strict=True), 5, 8, "segmentation", 2)
     mean, std = data.channel_stats_from(sums["sums"], sums["pixels"])
-    assert np.allclose(mean, images.reshape(-1, 3).mean(0) / 255) and np.allclose(std, images.reshape(-1, 3).std(0) / 255)
+    pixels = images.reshape(-1, 3) / 255
+    assert np.allclose(mean, pixels.mean(0)) and np.allclose(std, pixels.std(0))
     assert sums["counts"].tolist() == np.bincount(masks.ravel(), minlength=2).tolist()
     x, y = data.load_split(tmp_path / "s")
     assert isinstance(data.open_split(tmp_path / "s")[0], np.memmap)
@@ -106,7 +107,7 @@ def test_written_split_reads_back_lazily(tmp_path):
 def test_rows_short_of_the_declared_count_are_an_error(tmp_path):
     images, masks = _seg_rows(n=2)
     with pytest.raises(RuntimeError, match="wrote 2 rows, expected 3"):
-        data.write_split(tmp_path / "s", zip(images, masks), 3, 8, "segmentation", 2)
+        data.write_split(tmp_path / "s", zip(images, masks, strict=True), 3, 8, "segmentation", 2)
 
 
 def _png(path, array):

@@ -51,8 +51,9 @@ def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     loss = task_module.make_loss("classification", "ce", 3)
     best_state, history, best_epoch = train.fit(
         model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-        DataLoader(data.Split(images, labels), batch_size=16), loss, opt, train.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs,
-        patience=patience, task_name="classification", num_classes=3, device=torch.device("cpu"))
+        DataLoader(data.Split(images, labels), batch_size=16), loss, opt,
+        train.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs, patience=patience,
+        task_name="classification", num_classes=3, device=torch.device("cpu"))
     return best_state, history, best_epoch
 
 
