@@ -22,8 +22,8 @@ COMMON = {
                                       "analyze", "optimize", "robustness", "register", "compare", "predict")),
     *(f"tests/{m}.py" for m in ("conftest", "test_data", "test_models", "test_train", "test_analyze",
                                 "test_optimize", "test_robustness", "test_corruptions", "test_security",
-                                "test_register", "test_task", "test_tracking", "test_stage", "test_params", "test_serving",
-                                "test_images", "test_prepare", "test_predict")),
+                                "test_register", "test_task", "test_tracking", "test_stage", "test_params",
+                                "test_serving", "test_images", "test_prepare", "test_predict")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
