@@ -105,6 +105,12 @@ CASES = [
     ("data-mask-values", *_folder("mask_values"), PREPARE, {}, "masks/4.png"),
     ("stage-before-its-inputs", None, None, "analyze", {}, "missing input(s) models/model.safetensors"),
     ("compare-bad-option", None, None, "compare --max-runs 0", {}, "--max-runs 0: must be >= 1"),
+    ("resize", _set("prepare.resize", "fit"), None, PREPARE, {}, "prepare.resize='fit': must be one of pad, crop"),
+    ("window", _set("prepare.window", [4095, 0]), None, PREPARE, {}, "prepare.window=[4095, 0]: must be a list"),
+    ("num-classes-auto-synthetic", _set("prepare.num_classes", "auto"), None, PREPARE, {},
+     "auto reads the classes from data/raw"),
+    ("predict-missing-input", None, None, "predict nowhere.png --out predictions", {},
+     "nowhere.png: no such file or folder"),
 ]
 
 

@@ -93,7 +93,7 @@ def test_masks_palette_grayscale_and_equal_channels(tmp_path):
                      ("m16.png", Image.fromarray(classes.astype(np.uint16)))):
         arr, _ = images.read(_save(tmp_path, name, im), "mask")
         assert np.array_equal(arr, classes), name
-    with pytest.raises(images.DecodeError, match="single-channel"):
+    with pytest.raises(images.DataError, match="single-channel"):
         images.read(_save(tmp_path, "colour.png", Image.fromarray(RGB)), "mask")
 
 
@@ -118,7 +118,7 @@ def test_pad_keeps_aspect_and_pads_with_zero():
 def test_unreadable_file_is_named(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(images.DecodeError, match="broken.jpg: cannot read image"):
+    with pytest.raises(images.DataError, match="broken.jpg: cannot read image"):
         images.read(path)
 
 

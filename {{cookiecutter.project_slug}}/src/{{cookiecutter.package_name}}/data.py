@@ -27,7 +27,7 @@ SHAPES = ("circle", "square", "triangle", "ring", "cross")
 FILES = ("images.npy", "targets.npy")  # in each split's folder
 
 
-DataError = decoding.DecodeError  # bad input data; the message names the file and the problem
+DataError = decoding.DataError  # bad input data; the message names the file and the problem
 
 
 # --- synthetic shapes ---------------------------------------------------------------------------------------

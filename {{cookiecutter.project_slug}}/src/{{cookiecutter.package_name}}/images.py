@@ -28,7 +28,7 @@ FULL_RANGE = {"I;16": (0, 65535), "I;16B": (0, 65535), "I;16L": (0, 65535), "I;1
               "I": (0, 65535), "F": (0.0, 1.0)}
 
 
-class DecodeError(ValueError):
+class DataError(ValueError):
     """A file that cannot be read as an image or mask; the message names it and the fix."""
 
 
@@ -48,7 +48,7 @@ def to_uint8(arr, lo, hi):
     [0, 1, 255]
     """
     if hi <= lo:
-        raise DecodeError(f"window [{lo}, {hi}]: need lo < hi")
+        raise DataError(f"window [{lo}, {hi}]: need lo < hi")
     scaled = (arr.astype(np.float64) - lo) * (255 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
@@ -67,14 +67,14 @@ def _mask(im, path):
     arr = np.asarray(im)
     if arr.ndim == 3:
         if not (arr[..., :3] == arr[..., :1]).all():
-            raise DecodeError(f"{path}: a mask must be single-channel (class index per pixel), got a colour "
+            raise DataError(f"{path}: a mask must be single-channel (class index per pixel), got a colour "
                               f"image; save it as 8-bit grayscale or palette PNG")
         arr = arr[..., 0]
     if arr.dtype == bool:  # mode 1
         arr = arr.astype(np.uint8)
     if arr.dtype != np.uint8:
         if arr.min() < 0 or arr.max() > 255 or (arr != np.rint(arr)).any():
-            raise DecodeError(f"{path}: mask values must be whole class indices 0..255, got "
+            raise DataError(f"{path}: mask values must be whole class indices 0..255, got "
                               f"{arr.min()}..{arr.max()}; save the mask as 8-bit grayscale or palette PNG")
         arr = arr.astype(np.uint8)
     return arr
@@ -90,7 +90,7 @@ def read(path, kind="image", window=None):
             im = ImageOps.exif_transpose(im)
             arr = _rgb(im, window) if kind == "image" else _mask(im, path)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DecodeError(f"{path}: cannot read image ({e}); replace or remove the file") from None
+        raise DataError(f"{path}: cannot read image ({e}); replace or remove the file") from None
     return arr, (arr.shape[1], arr.shape[0])
 
 
@@ -110,7 +110,7 @@ def fit(arr, size, mode, kind="image"):
     from PIL import Image
 
     if mode not in RESIZE:
-        raise DecodeError(f"prepare.resize={mode!r}: valid: {', '.join(RESIZE)}")
+        raise DataError(f"prepare.resize={mode!r}: valid: {', '.join(RESIZE)}")
     w, h, left, top = geometry(arr.shape[1], arr.shape[0], size, mode)
     resample = Image.BILINEAR if kind == "image" else Image.NEAREST
     scaled = np.asarray(Image.fromarray(arr).resize((w, h), resample))

@@ -123,7 +123,7 @@ def predict_all(fn, info, found, out, batch_size):
     for path, name in stage.checked(tqdm(found, desc="predict", unit="image", disable=None)):
         try:
             x, upright = decode(path, info)
-        except images.DecodeError as e:
+        except images.DataError as e:
             errors.append((str(path), str(e)))
             continue
         batch.append((x, path, name, upright))
