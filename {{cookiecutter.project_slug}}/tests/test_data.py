@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,15 @@ def test_augmentation_is_per_sample_seeded_whatever_the_workers():
         loader = DataLoader(ds, batch_size=4, num_workers=workers)
         return [b for batch in loader for b in batch]
     assert all(torch.equal(u, v) for u, v in zip(batches(0), batches(2), strict=True))
+
+
+def test_a_split_travels_to_spawned_workers_as_its_folder(tmp_path):
+    images, masks = _seg_rows(n=5)
+    data.write_split(tmp_path / "s", zip(images, masks, strict=True), 5, 8, "segmentation", 2)
+    split = data.Split.open(tmp_path / "s", {"hflip": True}, seed=1)
+    blob = pickle.dumps(split)
+    assert len(blob) < images.nbytes  # not a copy of the rows
+    assert all(torch.equal(u, v) for u, v in zip(split[3], pickle.loads(blob)[3], strict=True))
 
 
 def test_classification_split_gives_scalar_labels():

@@ -372,7 +372,21 @@ class Split(torch.utils.data.Dataset):
 
     @classmethod
     def open(cls, folder, augment=None, seed=0):
-        return cls(*open_split(folder), augment=augment, seed=seed)
+        split = cls(*open_split(folder), augment=augment, seed=seed)
+        split.folder = folder
+        return split
+
+    def __getstate__(self):
+        # Sent to spawned loader workers (macOS, Windows) as its folder, not as a pickled copy of the map.
+        state = dict(self.__dict__)
+        if state.get("folder") is not None:
+            state["images"] = state["targets"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.images is None:
+            self.images, self.targets = open_split(self.folder)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
