@@ -60,27 +60,27 @@ def main():
         tp = p["train"]
         info = json.loads((project / "data/prepared/dataset.json").read_text())
         task, num_classes = info["task"], info["num_classes"]
-        images, targets = data.load_split(project / "data/prepared/train.npz")
+        task_lib = __import__(f"{package}.task", fromlist=["x"])
+        train_set = data.Split.open(project / "data/prepared/train", tp["augment"], seed=0)  # augmented per sample
         torch.manual_seed(0)
         base = models.build_model(task=task, architecture=tp["model"]["architecture"],
                                   encoder=tp["model"]["encoder"], num_classes=num_classes, mean=info["mean"],
                                   std=info["std"], pretrained=False)
-        loss_fn = train.make_loss(task, tp["loss"], num_classes)
+        loss_fn = task_lib.make_loss(task, tp["loss"], num_classes)
         variants = {}
         for name in ("bare", "off", "on"):
             model = copy.deepcopy(base)
             variants[name] = (model, train.make_optimizer(model, tp["optimizer"], p["lr"]))
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets),
+        loader = torch.utils.data.DataLoader(train_set,
                                              batch_size=tp["batch_size"], shuffle=True,
                                              generator=torch.Generator().manual_seed(0))
-        common = {"task": task, "num_classes": num_classes, "device": torch.device("cpu"),
-                  "augment": tp["augment"], "generator": torch.Generator().manual_seed(1),
+        common = {"task_name": task, "num_classes": num_classes, "device": torch.device("cpu"),
                   "grad_clip_norm": tp["grad_clip_norm"]}
 
         def bare(model, optimizer):
             model.train()
             for x, y in loader:
-                x, y = data.augment(data.to_float(x), y, tp["augment"], common["generator"])
+                x = data.to_float(x)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x), y)
                 loss.backward()
@@ -118,9 +118,9 @@ def main():
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
     result = {"machine": {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-              "task": args.task, "rounds": args.rounds, "images_per_epoch": len(images),
+              "task": args.task, "rounds": args.rounds, "images_per_epoch": len(train_set),
               "epoch_s": {n: [round(t, 3) for t in v] for n, v in epoch_s.items()},
-              "images_per_s": {n: len(images) / statistics.median(v) for n, v in epoch_s.items()},
+              "images_per_s": {n: len(train_set) / statistics.median(v) for n, v in epoch_s.items()},
               "tracking_overhead": ratio("on", "off"), "metric_counting_overhead": ratio("off", "bare"),
               "metrics_logged": logged,
               "direct": {"log_metrics_s": sum(log_s), "system_metrics_thread_cpu_s": monitor_cpu_s,

@@ -227,6 +227,12 @@ CASES = [
     ("max-image-pixels-zero", _set("prepare.max_image_pixels", 0), None, PREPARE, {}, "prepare.max_image_pixels=0"),
     ("experiment-empty", _set("mlflow.experiment", " "), None, PREPARE, {}, "mlflow.experiment=' '"),
     ("run-name-number", _set("mlflow.run_name", 5), None, PREPARE, {}, "mlflow.run_name=5"),
+    ("resize", _set("prepare.resize", "fit"), None, PREPARE, {}, "prepare.resize='fit': must be one of pad, crop"),
+    ("window", _set("prepare.window", [4095, 0]), None, PREPARE, {}, "prepare.window=[4095, 0]: must be a list"),
+    ("num-classes-auto-synthetic", _set("prepare.num_classes", "auto"), None, PREPARE, {},
+     "auto reads the classes from data/raw"),
+    ("predict-missing-input", None, None, "predict nowhere.png --out predictions", {},
+     "nowhere.png: no such file or folder"),
 ]
 # A run that fails in training ends FAILED (others open no run).
 FAILED_RUN = {"diverging-lr"}

@@ -18,11 +18,12 @@ COMMON = {
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
-        "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
-        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare")),
+        "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
+        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
-        "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security", "test_serving",
+        "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
+        "test_serving", "test_images", "test_prepare", "test_predict",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
@@ -122,11 +123,11 @@ def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
 
 
 def test_one_floor_of_stages_over_one_floor_of_library(case):
-    # A stage never imports another stage (or compare); what two stages share lives in the library.
+    # A stage never imports another stage (or a command: compare, predict); what two share lives in the library.
     _, project = case
     package = project.name.replace("-", "_")
     src = project / "src" / package
-    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare"}
+    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare", "predict"}
     for module in (p.stem for p in src.glob("*.py")):
         imported_stages = package_imports(src, package, module) & stages
         assert not imported_stages, f"{module} imports the stage module(s) {imported_stages}"
@@ -192,7 +193,8 @@ def test_makefile_and_pre_commit(case):
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "test", "ui", "serve", "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "predict", "test", "ui", "serve",
+            "push"} <= targets
     dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
     assert dry.strip() == "uv run dvc exp run -S lr=0.003"

@@ -29,7 +29,7 @@ def versions(project):
 
 def raw_image(project, tmp_path):
     """A test image as a user has it: a PNG file, read back as (1, 3, H, W) float32 pixels in [0, 1]."""
-    images = np.load(project / "data/prepared/test.npz")["images"]  # (N, H, W, 3) uint8
+    images = np.load(project / "data/prepared/test/images.npy", mmap_mode="r")  # (N, H, W, 3) uint8
     Image.fromarray(images[0]).save(tmp_path / "image.png")
     pixels = np.asarray(Image.open(tmp_path / "image.png").convert("RGB"), dtype=np.float32) / 255
     return pixels.transpose(2, 0, 1)[None]
@@ -148,7 +148,8 @@ def test_push_clone_pull_has_nothing_to_run(pipeline, tmp_path):
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
     sh(clone, "dvc", "pull")
     assert "Running stage" not in sh(clone, "dvc", "repro")
-    for path in ("metrics/train.json", "metrics/register.json", "models/model.safetensors", "data/prepared/test.npz"):
+    for path in ("metrics/train.json", "metrics/register.json", "models/model.safetensors",
+                 "data/prepared/test/images.npy"):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
 
 
@@ -167,6 +168,26 @@ def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp
     logits = model.predict(raw_image(project, tmp_path))  # one output schema, whichever variant is deployed
     assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
     assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
+
+
+def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champion(pipeline, tmp_path):
+    task, project, _ = pipeline
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    raw_image(project, inputs)  # in/image.png, 32 x 32
+    Image.open(inputs / "image.png").resize((48, 40)).save(inputs / "other.jpg")  # another size and format
+    package = project.name.replace("-", "_")
+    sh(project, sys.executable, "-m", f"{package}.predict", str(inputs), "--out", str(tmp_path / "local"))
+    champion = ["--model", f"models:/{project.name}@champion"]
+    if make := shutil.which("make"):  # the Makefile's shortcut, with a registry URI
+        sh(project, make, "predict", f"IN={inputs}", f"OUT={tmp_path / 'champion'}", f"ARGS={' '.join(champion)}")
+    else:
+        sh(project, sys.executable, "-m", f"{package}.predict", str(inputs), "--out", str(tmp_path / "champion"),
+           *champion)
+    for name, size in (("image", (32, 32)), ("other", (48, 40))):
+        local, registered = (Image.open(tmp_path / d / "masks" / f"{name}.png") for d in ("local", "champion"))
+        assert local.size == registered.size == size
+        assert np.array_equal(np.asarray(local), np.asarray(registered))
 
 
 def post(port, payload):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from {{ cookiecutter.package_name }} import data, files, models, optim, params, train
 from {{ cookiecutter.package_name }} import task as task_module
@@ -16,16 +16,15 @@ from {{ cookiecutter.package_name }} import task as task_module
 def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     torch.manual_seed(seed)
     images, labels, _ = data.make_synthetic("classification", n=48, size=32, num_classes=3, seed=0)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    ds = TensorDataset(x, torch.from_numpy(labels))
+    ds = data.Split(images, labels, augment={"hflip": True, "rot90": True, "brightness": 0.1}, seed=seed)
     model = models.build_model("classification", "resnet18", None, 3, [0.5] * 3, [0.25] * 3)
     opt = optim.make_optimizer(model, {"name": "adamw"}, lr)
     loss = task_module.make_loss("classification", "ce", 3)
     best_state, history, best_epoch = train.fit(
         model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-        DataLoader(ds, batch_size=16), loss, opt, optim.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs,
-        patience=patience, task_name="classification", num_classes=3, device=torch.device("cpu"),
-        augment={"hflip": True}, generator=torch.Generator().manual_seed(seed))
+        DataLoader(data.Split(images, labels), batch_size=16), loss, opt,
+        optim.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs, patience=patience,
+        task_name="classification", num_classes=3, device=torch.device("cpu"))
     return best_state, history, best_epoch
 
 
@@ -74,7 +73,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     w0 = model.weight.item()
     best_state, history, best_epoch = train.fit(
         model, None, None, None, opt, None, epochs=10, patience=2, task_name="classification", num_classes=2,
-        device=torch.device("cpu"), augment={}, generator=None)
+        device=torch.device("cpu"))
     assert best_epoch == 2 and len(history) == 4
     assert best_state["weight"].item() == pytest.approx(w0 + 2)
 
@@ -159,7 +158,7 @@ def test_two_cpu_processes_with_gloo_match_one_process(project, runs):
     # single-process one within tolerance (shards and batch-norm statistics differ, so not bit for bit).
     p = params.load()
     p["train"].update(epochs=2, batch_size=8, early_stopping_patience=0)
-    p["train"]["augment"] = {"hflip": False, "vflip": False, "rot90": False, "brightness": 0.0}
+    p["train"]["augment"].update(hflip=False, vflip=False, rot90=False, brightness=0.0)
     files.write_json("params.yaml", p)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -1,27 +1,33 @@
-"""Datasets as plain arrays: synthetic shapes, the user's image folders, splits, statistics, augmentation.
+"""Datasets: synthetic shapes, the user's image folders decoded in parallel and streamed to disk, splits,
+statistics, and the memory-mapped Dataset every later stage reads.
 
-Arrays, not Dataset classes: images are uint8 (N, H, W, 3); targets are uint8 masks (N, H, W) holding class
-indices for segmentation, or int64 labels (N,) for classification.
+A prepared split is a folder of two .npy files (paths.split): images.npy, uint8 (N, H, W, 3), and targets.npy,
+uint8 masks (N, H, W) holding class indices for segmentation or int64 labels (N,) for classification. prepare
+writes them row by row; the stages memory-map them and read only the rows they use.
 
     >>> images, masks, names = make_synthetic("segmentation", n=4, size=32, num_classes=2, seed=0)
     >>> images.shape, masks.shape, names
     ((4, 32, 32, 3), (4, 32, 32), ['background', 'shape'])
 """
 
+import contextlib
 import hashlib
 import math
-import warnings
+import multiprocessing
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from {{ cookiecutter.package_name }} import images as decoding
+
 SHAPES = ("circle", "square", "triangle", "ring", "cross")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+FILES = ("images.npy", "targets.npy")  # in each split's folder
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem."""
+DataError = decoding.DataError  # bad input data; the message names the file and the problem
 
 
 # --- synthetic shapes ---------------------------------------------------------------------------------------
@@ -106,102 +112,117 @@ def make_synthetic(task, n, size, num_classes, seed):
 
 # --- the user's image folders -------------------------------------------------------------------------------
 
-def _image_files(folder):
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read(path, size, mode, max_pixels=None):
-    from PIL import Image, UnidentifiedImageError
-
-    default, limit = Image.MAX_IMAGE_PIXELS, max_pixels or Image.MAX_IMAGE_PIXELS
-    bomb = (f"{path}: over prepare.max_image_pixels={limit} pixels (a guard against decompression bombs); raise "
-            "prepare.max_image_pixels if the image is genuine, or shrink it")
-    try:
-        try:  # PIL's own guard, checked as it opens, at our limit: it warns above it and refuses at twice it
-            Image.MAX_IMAGE_PIXELS = limit
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = default
-        with im:
-            if im.width * im.height > limit:
-                raise DataError(f"{bomb} ({im.width}x{im.height})")
-            im.load()
-            original = im.size
-            if mode == "image":
-                im = im.convert("RGB")
-                arr = np.asarray(im.resize((size, size), Image.BILINEAR))
-            else:
-                arr = np.asarray(im)
-                if arr.ndim == 3:
-                    if not (arr[..., :3] == arr[..., :1]).all():
-                        raise DataError(f"{path}: a mask must be single-channel (class index per pixel), got a "
-                                        f"colour image; save it as 8-bit grayscale or palette PNG")
-                    arr = arr[..., 0]
-                arr = np.asarray(Image.fromarray(arr.astype(np.uint8)).resize((size, size), Image.NEAREST))
-    except Image.DecompressionBombError:
-        raise DataError(bomb) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read image ({e}); replace or remove the file") from None
-    return arr, original
-
-
-def load_folder(task, raw_dir, size, num_classes, max_pixels=None):
-    """Read data/raw. Returns (images, targets, class_names), resized to size x size.
-
-    segmentation: raw_dir/images/<name>.<ext> with raw_dir/masks/<name>.png (class index per pixel; a
-    binary mask may use 255 for foreground). classification: raw_dir/<class>/<image>, one folder per class.
-    """
+def folder_items(task, raw_dir, num_classes):
+    """What data/raw holds, checked, before any pixel is decoded. Returns (items, class_names, num_classes):
+    items are (image path, mask path) for segmentation, (image path, label) for classification. Hidden files
+    and folders (a leading '.', e.g. .ipynb_checkpoints) are ignored. num_classes "auto": the number of class
+    folders; for segmentation, resolved from the masks' values by `mask_classes`."""
     raw = Path(raw_dir)
     if task == "segmentation":
         img_dir, mask_dir = raw / "images", raw / "masks"
-        files = _image_files(img_dir) if img_dir.is_dir() else []
+        files = decoding.image_files(img_dir) if img_dir.is_dir() else []
         if not files:
             raise DataError(f"{img_dir}: no images found; put images in {img_dir}/ and masks with the same "
                             f"names in {mask_dir}/, or set prepare.source: synthetic")
-        masks = {p.stem: p for p in _image_files(mask_dir)} if mask_dir.is_dir() else {}
+        masks = {p.stem: p for p in decoding.image_files(mask_dir)} if mask_dir.is_dir() else {}
         orphans = sorted(set(masks) - {p.stem for p in files})
         if orphans:
             raise DataError(f"{masks[orphans[0]]}: mask has no image in {img_dir}/ "
                             f"({len(orphans)} such masks); add the image or remove the mask")
-        images, targets = [], []
         for p in files:
             if p.stem not in masks:
                 raise DataError(f"{p}: no mask {mask_dir / (p.stem + '.png')}; add it or remove the image")
-            img, img_size = _read(p, size, "image", max_pixels)
-            mask, mask_size = _read(masks[p.stem], size, "mask", max_pixels)
-            if img_size != mask_size:
-                raise DataError(f"{masks[p.stem]}: mask is {mask_size[0]}x{mask_size[1]} but its image {p.name} "
-                                f"is {img_size[0]}x{img_size[1]}; they must be the same size")
-            if num_classes == 2:
-                mask = np.where(mask == 255, 1, mask)
-            bad = np.unique(mask[mask >= num_classes])
-            if bad.size:
-                raise DataError(f"{masks[p.stem]}: mask values {bad.tolist()} out of range for "
-                                f"prepare.num_classes={num_classes} (expected 0..{num_classes - 1}"
-                                f"{' or 255' if num_classes == 2 else ''}); fix the mask or num_classes")
-            images.append(img)
-            targets.append(mask.astype(np.uint8))
-        names = ["background", "foreground"] if num_classes == 2 else [f"class_{i}" for i in range(num_classes)]
-        return np.stack(images), np.stack(targets), names
-
-    class_dirs = sorted(d for d in raw.iterdir() if d.is_dir()) if raw.is_dir() else []
+        return [(p, masks[p.stem]) for p in files], None, num_classes
+    class_dirs = sorted(d for d in raw.iterdir() if d.is_dir() and not d.name.startswith(".")) if raw.is_dir() else []
+    if num_classes == "auto":
+        if len(class_dirs) < 2:
+            raise DataError(f"{raw}: prepare.num_classes: auto found {len(class_dirs)} class folders "
+                            f"{[d.name for d in class_dirs]}; make one sub-folder per class (at least 2)")
+        num_classes = len(class_dirs)
     if len(class_dirs) != num_classes:
         raise DataError(f"{raw}: found {len(class_dirs)} class folders {[d.name for d in class_dirs]} but "
-                        f"prepare.num_classes={num_classes}; make one sub-folder per class or fix num_classes")
-    images, targets = [], []
+                        f"prepare.num_classes={num_classes}; make one sub-folder per class or set num_classes "
+                        "(or auto)")
+    items = []
     for label, d in enumerate(class_dirs):
-        files = _image_files(d)
+        files = decoding.image_files(d)
         if not files:
-            raise DataError(f"{d}: class folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for p in files:
-            images.append(_read(p, size, "image", max_pixels)[0])
-            targets.append(label)
-    return np.stack(images), np.asarray(targets, np.int64), [d.name for d in class_dirs]
+            raise DataError(f"{d}: class folder has no images ({', '.join(decoding.SUFFIXES)}, any case)")
+        items += [(p, label) for p in files]
+    return items, [d.name for d in class_dirs], num_classes
 
 
-# --- splits and statistics ----------------------------------------------------------------------------------
+def _mask_values(path):
+    return np.unique(decoding.read(path, "mask")[0])
+
+
+def mask_classes(mask_paths, pool=None):
+    """prepare.num_classes: auto for segmentation: 2 when the masks hold only 0, 1 and 255 (binary, 255 =
+    foreground), else the largest value + 1 (255 cannot then be a class: its value is refused)."""
+    values = set()
+    for v in (pool.imap(_mask_values, mask_paths, chunksize=16) if pool else map(_mask_values, mask_paths)):
+        values.update(v.tolist())
+    if values <= {0, 1, 255}:
+        return 2
+    if 255 in values:
+        raise DataError(f"prepare.num_classes: auto found mask values {sorted(values)[:12]}...: 255 is the "
+                        "binary foreground, not one class among many; relabel the masks 0..K-1 or give num_classes")
+    return max(values) + 1
+
+
+def decode_item(item, task, size, resize, window, num_classes, max_pixels=None):
+    """One folder item -> (uint8 image (size, size, 3), target, original (width, height)). Runs in a worker."""
+    path, target = item
+    image, original = decoding.load(path, size, resize, "image", window, max_pixels)
+    if task == "classification":
+        return image, target, original
+    mask, mask_size = decoding.load(target, size, resize, "mask", max_pixels=max_pixels)
+    if original != mask_size:
+        raise DataError(f"{target}: mask is {mask_size[0]}x{mask_size[1]} but its image {path.name} is "
+                        f"{original[0]}x{original[1]} (after EXIF orientation); they must be the same size")
+    if num_classes == 2:
+        mask = np.where(mask == 255, 1, mask).astype(np.uint8)
+    bad = np.unique(mask[mask >= num_classes])
+    if bad.size:
+        raise DataError(f"{target}: mask values {bad.tolist()} out of range for prepare.num_classes={num_classes} "
+                        f"(expected 0..{num_classes - 1}{' or 255' if num_classes == 2 else ''}); fix the mask "
+                        "or num_classes")
+    return image, mask, original
+
+
+class _Decode:
+    # A picklable callable for the pool: decode_item with prepare's settings bound.
+    def __init__(self, **settings):
+        self.settings = settings
+
+    def __call__(self, item):
+        return decode_item(item, **self.settings)
+
+
+def pool(workers):
+    """A context giving a process pool for decoding, or None for workers == 1. fork on Linux (nothing to
+    re-import), spawn elsewhere. Results come back in input order (imap), so the bytes written never depend
+    on `workers`."""
+    if workers == 1:
+        return contextlib.nullcontext()
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers)
+
+
+def resolve_workers(workers):
+    """prepare.workers: null = every core this process may use."""
+    if workers:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decoded(items, workers_pool, **settings):
+    """(image, target, original size) for each item, in order, decoded by the pool's workers."""
+    fn = _Decode(**settings)
+    # Small chunks keep every worker busy and bound what waits in the result queue.
+    return workers_pool.imap(fn, items, chunksize=4) if workers_pool else map(fn, items)
+
+
+# --- splits, streaming writes and statistics ----------------------------------------------------------------
 
 def split_indices(n, val_fraction, test_fraction, seed):
     """Shuffled, disjoint train/val/test index arrays covering range(n); every split non-empty."""
@@ -214,26 +235,87 @@ def split_indices(n, val_fraction, test_fraction, seed):
     return {"train": order[n_val + n_test:], "val": order[:n_val], "test": order[n_val:n_val + n_test]}
 
 
+def _npy_writer(path, dtype, shape):
+    """An open .npy file with its header written; the caller appends the rows' bytes in order."""
+    f = open(path, "wb")  # noqa: SIM115 (closed by write_split)
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": tuple(shape)})
+    return f
+
+
+def write_split(folder, rows, n, size, task, num_classes):
+    """Stream n (image, target, ...) rows into folder/images.npy and folder/targets.npy, one row at a time:
+    memory holds one image, whatever n. Returns the split's running sums: per-channel sum and sum of squares
+    of the uint8 pixels (exact integers) and the count of each class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seg = task == "segmentation"
+    target_dtype, target_shape = (np.uint8, (n, size, size)) if seg else (np.int64, (n,))
+    sums, counts = np.zeros((2, 3), np.int64), np.zeros(num_classes, np.int64)
+    written = 0
+    with _npy_writer(folder / FILES[0], np.uint8, (n, size, size, 3)) as fi, \
+            _npy_writer(folder / FILES[1], target_dtype, target_shape) as ft:
+        for image, target, *_ in rows:
+            pixels = image.reshape(-1, 3).astype(np.int64)
+            sums += np.stack([pixels.sum(0), (pixels * pixels).sum(0)])
+            counts += np.bincount(np.ravel(target), minlength=num_classes)[:num_classes]
+            fi.write(np.ascontiguousarray(image, np.uint8).tobytes())
+            ft.write(np.asarray(target, target_dtype).tobytes())
+            written += 1
+    if written != n:
+        raise RuntimeError(f"{folder}: wrote {written} rows, expected {n}")
+    return {"sums": sums, "counts": counts, "pixels": n * size * size}
+
+
+def channel_stats_from(sums, pixels):
+    """Per-channel mean and std on the [0, 1] scale from exact sums (write_split) over `pixels` pixels."""
+    mean = sums[0] / pixels / 255
+    var = np.maximum(sums[1] / pixels / 255**2 - mean**2, 0)
+    return mean.tolist(), np.maximum(np.sqrt(var), 1e-6).tolist()
+
+
 def channel_stats(images):
     """Per-channel mean and std of uint8 (N, H, W, 3) images, on the [0, 1] scale."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255
-    return x.mean(0).tolist(), np.maximum(x.std(0), 1e-6).tolist()
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.int64)
+    return channel_stats_from(np.stack([pixels.sum(0), (pixels * pixels).sum(0)]), len(pixels))
 
 
-def digest(*arrays):
+def digest(paths_):
+    """sha256 over the bytes of the given files, in order, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+    for path in paths_:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     return h.hexdigest()
 
 
-# --- tensors and augmentation -------------------------------------------------------------------------------
+# --- reading prepared splits --------------------------------------------------------------------------------
 
-def load_split(path):
-    with np.load(path) as z:
-        images = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
-        targets = torch.from_numpy(z["targets"]).long()  # (N, H, W) or (N,)
-    return images, targets
+def open_split(folder):
+    """The split's two arrays, memory-mapped read-only: nothing is read until a row is indexed."""
+    return tuple(np.load(Path(folder) / name, mmap_mode="r") for name in FILES)
+
+
+class _Rows:
+    # Torch rows of a memory-mapped array, read on indexing (an int, a slice, or an index array / tensor).
+    def __init__(self, array, image):
+        self.array, self.image = array, image
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):
+            i = i.numpy()
+        rows = torch.from_numpy(np.array(self.array[i]))  # a copy: the map is read-only
+        return rows.movedim(-1, -3).contiguous() if self.image else rows.long()  # (..., H, W, 3) -> (..., 3, H, W)
+
+
+def load_split(folder):
+    """(images, targets) of a prepared split, read lazily: images[i] / images[a:b] / images[index tensor] give
+    uint8 (B, 3, H, W) tensors, targets the int64 masks (B, H, W) or labels (B,)."""
+    images, targets = open_split(folder)
+    return _Rows(images, True), _Rows(targets, False)
 
 
 def to_float(images):
@@ -249,31 +331,95 @@ def batches(images, targets, batch_size):
         yield (to_float(x) if x.dtype == torch.uint8 else x), targets[i:i + batch_size]
 
 
-def augment(x, y, cfg, generator):
-    """Random flips, 90-degree rotations and brightness on a float batch x (B, 3, H, W) and, for
-    segmentation, its masks y (B, H, W), drawn per sample from `generator`."""
-    b = x.shape[0]
-    seg = y.dim() == 3
+# --- the Dataset and its augmentation -----------------------------------------------------------------------
 
-    def per_sample(flag, fn):
-        nonlocal x, y
-        sel = torch.rand(b, generator=generator) < 0.5
-        if flag and sel.any():
-            x = torch.where(sel[:, None, None, None], fn(x), x)
+def augmentation(cfg):
+    """torchvision.transforms.v2 pipeline from params' train.augment (rot90 is applied by Split itself:
+    v2 has no 90-degree rotation), or None when nothing is on. Masks ride along as tv_tensors.Mask: geometric
+    transforms move them (nearest neighbour), colour transforms leave them alone."""
+    from torchvision.transforms import v2
+
+    steps = []
+    if cfg.get("crop_scale"):
+        steps.append(v2.RandomResizedCrop(cfg["size"], scale=tuple(cfg["crop_scale"]), antialias=True))
+    if cfg.get("hflip"):
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.get("vflip"):
+        steps.append(v2.RandomVerticalFlip())
+    jitter = {k: cfg.get(k) or 0 for k in ("brightness", "contrast", "saturation", "hue")}
+    if any(jitter.values()):
+        steps.append(v2.ColorJitter(**jitter))
+    return v2.Compose(steps) if steps else None
+
+
+def sample_seed(seed, epoch, index):
+    """A seed of its own for each (seed, epoch, sample): augmentation independent of loader workers and ranks."""
+    return int(np.random.SeedSequence([seed, epoch, int(index)]).generate_state(1)[0])
+
+
+class Split(torch.utils.data.Dataset):
+    """Rows of a prepared split: (uint8 image (3, H, W), int64 target: mask (H, W) or label ()).
+
+    With `augment` (params' train.augment), each row is augmented from its own seed, drawn from (seed, epoch,
+    index): the same sample gets the same augmentation whatever the number of loader workers or DDP ranks,
+    and a different one each epoch (`set_epoch`)."""
+
+    def __init__(self, images, targets, augment=None, seed=0):
+        self.images, self.targets = images, targets  # (N, H, W, 3) uint8 and (N, ...) arrays, e.g. memory-mapped
+        self.seed, self.epoch = seed, 0
+        self.rot90 = bool(augment and augment.get("rot90"))
+        self.transform = augmentation({**augment, "size": images.shape[1:3]}) if augment else None
+
+    @classmethod
+    def open(cls, folder, augment=None, seed=0):
+        split = cls(*open_split(folder), augment=augment, seed=seed)
+        split.folder = folder
+        return split
+
+    def __getstate__(self):
+        # Sent to spawned loader workers (macOS, Windows) as its folder, not as a pickled copy of the map.
+        state = dict(self.__dict__)
+        if state.get("folder") is not None:
+            state["images"] = state["targets"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.images is None:
+            self.images, self.targets = open_split(self.folder)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (3, H, W) uint8, a copy
+        y = torch.from_numpy(np.array(self.targets[i])).long()  # (H, W) or ()
+        if self.transform is None and not self.rot90:
+            return x, y
+        with torch.random.fork_rng(devices=[]):
+            # The CPU generator only: torch.manual_seed would also queue a CUDA seeding per sample.
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
+            return self._augment(x, y)
+
+    def _augment(self, x, y):
+        from torchvision import tv_tensors
+
+        seg = y.dim() == 2
+        if self.transform is not None:
             if seg:
-                y = torch.where(sel[:, None, None], fn(y), y)
+                x, y = self.transform(tv_tensors.Image(x), tv_tensors.Mask(y))
+            else:
+                x = self.transform(tv_tensors.Image(x))
+        if self.rot90 and x.shape[-1] == x.shape[-2]:
+            k = int(torch.randint(0, 4, ()))
+            x, y = x.rot90(k, (-2, -1)), (y.rot90(k, (-2, -1)) if seg else y)
+        return x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)
 
-    per_sample(cfg.get("hflip"), lambda t: t.flip(-1))
-    per_sample(cfg.get("vflip"), lambda t: t.flip(-2))
-    if cfg.get("rot90") and x.shape[-1] == x.shape[-2]:
-        k = torch.randint(0, 4, (b,), generator=generator)
-        for turns in (1, 2, 3):
-            sel = k == turns
-            if sel.any():
-                x[sel] = torch.rot90(x[sel], turns, (-2, -1))
-                if seg:
-                    y[sel] = torch.rot90(y[sel], turns, (-2, -1))
-    if cfg.get("brightness"):
-        scale = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg["brightness"]
-        x = (x * scale).clamp_(0, 1)
-    return x, y
+
+def head(dataset, n):
+    """The first n rows of a Dataset, stacked: (uint8 (n, 3, H, W), targets)."""
+    rows = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])

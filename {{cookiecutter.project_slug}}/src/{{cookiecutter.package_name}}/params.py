@@ -80,10 +80,24 @@ def shown(v):
     return repr(v)
 
 
+def or_auto(rule):
+    def check(v):
+        if v != "auto" and (problem := rule(v)):
+            return f"{problem}, or auto"
+    return check
+
+
 def nullable(rule):
     def check(v):
         if v is not None and (problem := rule(v)):
             return f"{problem}, or null"
+    return check
+
+
+def pair(rule):
+    def check(v):
+        if not isinstance(v, list) or len(v) != 2 or any(rule(x) for x in v) or not v[0] < v[1]:
+            return "must be a list [low, high] of two numbers with low < high"
     return check
 
 
@@ -103,7 +117,9 @@ SCHEMA = {
     "lr": number(0, lo_open=True),
     "prepare": {
         "task": choice(*names.TASKS), "source": choice("synthetic", "folder"), "raw_dir": string,
-        "image_size": integer(16), "num_classes": integer(2), "synthetic_images": integer(10),
+        "image_size": integer(16), "num_classes": or_auto(integer(2)), "synthetic_images": integer(10),
+        "resize": choice("pad", "crop", "stretch"), "window": nullable(pair(number())),
+        "workers": nullable(integer(1)),
         "max_image_pixels": integer(1),
         "val_fraction": number(0, 0.5, lo_open=True, hi_open=True),
         "test_fraction": number(0, 0.5, lo_open=True, hi_open=True),
@@ -123,7 +139,9 @@ SCHEMA = {
         "early_stopping_patience": integer(0),
         "grad_clip_norm": nullable(number(0, lo_open=True)), "amp": boolean, "device": string,
         "num_workers": integer(0),
-        "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1)},
+        "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1),
+                    "contrast": number(0, 1), "saturation": number(0, 1), "hue": number(0, 0.5),
+                    "crop_scale": nullable(pair(number(0, 1, lo_open=True)))},
     },
     "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(3), "threads": nullable(integer(1)),
                 "max_p90_p50": number(1)},

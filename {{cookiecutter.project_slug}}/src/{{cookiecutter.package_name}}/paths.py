@@ -4,7 +4,7 @@ dvc.yaml declares the same paths as deps and outs and stays the truth for DVC; a
 each path here is declared there, and that no stage module spells a path of its own.
 
     >>> str(metrics("train")), str(split("test"))
-    ('metrics/train.json', 'data/prepared/test.npz')
+    ('metrics/train.json', 'data/prepared/test')
 """
 
 from pathlib import Path
@@ -42,8 +42,8 @@ COMPARE = Path("reports/compare")  # compare's .md / .html / .png (not a pipelin
 
 
 def split(name):
-    """data/prepared/<train|val|test>.npz: uint8 images and their targets."""
-    return PREPARED / f"{name}.npz"
+    """data/prepared/<train|val|test>/: images.npy (uint8) and targets.npy, memory-mapped by the stages."""
+    return PREPARED / name
 
 
 def metrics(stage):

@@ -2,58 +2,94 @@
 
     python -m {{ cookiecutter.package_name }}.prepare     # or: dvc repro prepare
 
-Reads params `seed` and `prepare`; writes data/prepared/{train,val,test}.npz, data/prepared/dataset.json and
-metrics/prepare.json, each whole or not at all. prepare opens no MLflow run: one pipeline run is one MLflow
-run, opened by train, which logs these statistics with it.
+Reads params `seed` and `prepare`; writes data/prepared/{train,val,test}/{images,targets}.npy (streamed row by
+row: memory holds a few images whatever the dataset's size), data/prepared/dataset.json and
+metrics/prepare.json, each whole or not at all. Folder images are decoded by `prepare.workers` processes,
+in order, so the bytes written do not depend on their number. prepare opens no MLflow run: one pipeline run
+is one MLflow run, opened by train, which logs these statistics with it.
 """
-
-import numpy as np
 
 from {{ cookiecutter.package_name }} import data, files, paths, stage
 
 
-def build(p, seed):
-    """Returns ({split: (images, targets)}, dataset description)."""
-    if p["source"] == "synthetic":
-        images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
-                                                     p["num_classes"], seed)
-    else:
-        images, targets, names = data.load_folder(p["task"], p["raw_dir"], p["image_size"], p["num_classes"],
-                                                    p["max_image_pixels"])
-    idx = data.split_indices(len(images), p["val_fraction"], p["test_fraction"], seed)
-    splits = {name: (images[i], targets[i]) for name, i in idx.items()}
-    mean, std = data.channel_stats(splits["train"][0])
+def synthetic(p, seed):
+    """(number of images, rows(indices), class names, num_classes, original sizes)."""
+    if p["num_classes"] == "auto":
+        raise data.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
+                             "synthetic data needs a number (2 for segmentation, 3 for classification)")
+    images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
+                                                 p["num_classes"], seed)
+    return len(images), lambda idx: ((images[i], targets[i]) for i in idx), names, p["num_classes"], []
+
+
+def folder(p, pool):
+    """The same as `synthetic`, for data/raw: rows are decoded by the pool as they are written."""
+    items, names, num_classes = data.folder_items(p["task"], p["raw_dir"], p["num_classes"])
+    if num_classes == "auto":  # segmentation: from the masks' values
+        num_classes = data.mask_classes([mask for _, mask in items], pool)
+        print(f"prepare: num_classes auto -> {num_classes} (from the mask values)")
+    if names is None:
+        names = ["background", "foreground"] if num_classes == 2 else [f"class_{i}" for i in range(num_classes)]
+    originals = []
+
+    def rows(idx):
+        for image, target, original in data.decoded([items[i] for i in idx], pool, task=p["task"],
+                                                    size=p["image_size"], resize=p["resize"], window=p["window"],
+                                                    max_pixels=p["max_image_pixels"],
+                                                    num_classes=num_classes):
+            originals.append(original)
+            yield image, target
+    return len(items), rows, names, num_classes, originals
+
+
+def build(p, seed, out, pool):
+    """Write the three splits into folder `out`; returns (dataset description, train class counts, sizes seen)."""
+    n, rows, names, num_classes, originals = synthetic(p, seed) if p["source"] == "synthetic" else folder(p, pool)
+    idx = data.split_indices(n, p["val_fraction"], p["test_fraction"], seed)
+    written = {name: data.write_split(out / paths.split(name).name, rows(i), len(i), p["image_size"], p["task"],
+                                      num_classes) for name, i in idx.items()}
+    mean, std = data.channel_stats_from(written["train"]["sums"], written["train"]["pixels"])
     info = {
-        "task": p["task"], "source": p["source"], "image_size": p["image_size"], "num_classes": p["num_classes"],
-        "class_names": names, "mean": mean, "std": std,
+        "task": p["task"], "source": p["source"], "image_size": p["image_size"], "resize": p["resize"],
+        "window": p["window"], "num_classes": num_classes, "class_names": names, "mean": mean, "std": std,
         "sizes": {name: len(i) for name, i in idx.items()},
-        "sha256": data.digest(*(a for pair in splits.values() for a in pair)),
+        "sha256": data.digest(out / paths.split(name).name / f for name in idx for f in data.FILES),
     }
-    return splits, info
+    return info, written["train"]["counts"], originals
 
 
-def summary(splits, info):
+def summary(info, train_counts):
     """metrics/prepare.json: split sizes, normalisation statistics, class balance of the train split."""
-    m = {f"{name}/images": len(x) for name, (x, _) in splits.items()}
+    m = {f"{name}/images": n for name, n in info["sizes"].items()}
     m.update({f"mean/{c}": v for c, v in zip("rgb", info["mean"], strict=True)})
     m.update({f"std/{c}": v for c, v in zip("rgb", info["std"], strict=True)})
-    counts = np.bincount(splits["train"][1].ravel(), minlength=info["num_classes"])
-    for name, c in zip(info["class_names"], counts / counts.sum(), strict=True):
+    for name, c in zip(info["class_names"], train_counts / train_counts.sum(), strict=True):
         m[f"train/fraction/{name}"] = float(c)
     return m
 
 
+def resized_note(originals, size, resize):
+    """One line when the images are not already size x size (None when they all are)."""
+    if not originals or all(o == (size, size) for o in originals):
+        return None
+    (w0, h0), (w1, h1) = min(originals), max(originals)
+    span = f"{w0}x{h0}" if (w0, h0) == (w1, h1) else f"{w0}x{h0} to {w1}x{h1}"
+    return (f"prepare: images of {span} resized to {size}x{size} (prepare.resize: {resize}); set "
+            f"prepare.image_size to train at another size")
+
+
 def main():
     p = stage.begin("prepare")
-    splits, info = build(p["prepare"], p["seed"])
-    with files.atomic_path(paths.PREPARED, directory=True) as tmp:
-        for name, (images, targets) in splits.items():
-            np.savez(tmp / paths.split(name).name, images=images, targets=targets)
+    pp = p["prepare"]
+    workers = data.resolve_workers(pp["workers"]) if pp["source"] == "folder" else 1  # synthetic: nothing to decode
+    with data.pool(workers) as pool, files.atomic_path(paths.PREPARED, directory=True) as tmp:
+        info, train_counts, originals = build(pp, p["seed"], tmp, pool)
         files.write_json(tmp / paths.DATASET.name, info)
-    metrics = summary(splits, info)
-    files.write_json(paths.metrics("prepare"), metrics)
-    print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px "
-          f"-> {paths.PREPARED}/, {paths.metrics('prepare')}")
+    if note := resized_note(originals, pp["image_size"], pp["resize"]):
+        print(note)
+    files.write_json(paths.metrics("prepare"), summary(info, train_counts))
+    print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px, "
+          f"{info['num_classes']} classes, {workers} worker(s) -> {paths.PREPARED}/, {paths.metrics('prepare')}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import mlflow
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from {{ cookiecutter.package_name }} import (
@@ -37,13 +37,12 @@ from {{ cookiecutter.package_name }} import (
 )
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes, device, augment, generator,
-                    grad_clip_norm=None, amp=False, epoch=1):
+def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes, device, grad_clip_norm=None,
+                    amp=False, epoch=1):
     model.train()
     total, n, rows = 0.0, 0, []
     for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
-        x, y = data.augment(data.to_float(images), y, augment, generator)
-        x, y = x.to(device), y.to(device)
+        x, y = data.to_float(images).to(device), y.to(device)  # augmented by the loader's data.Split
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
@@ -73,7 +72,7 @@ def evaluate(model, loader, loss_fn, *, task_name, num_classes, device, amp=Fals
 
 
 def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epochs, patience, task_name,
-        num_classes, device, augment, generator, grad_clip_norm=None, amp=False, on_epoch=lambda record: None):
+        num_classes, device, grad_clip_norm=None, amp=False, on_epoch=lambda record: None):
     """Train for up to `epochs`, stopping after `patience` epochs without a better validation metric
     (0: never). Returns (best state_dict, per-epoch history, best epoch)."""
     metric = task.primary_metric(task_name)
@@ -82,11 +81,11 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        for part in (getattr(train_loader, "sampler", None), getattr(train_loader, "dataset", None)):
+            if hasattr(part, "set_epoch"):  # a new shuffle (DDP) and new augmentations each epoch
+                part.set_epoch(epoch)
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, task_name=task_name, num_classes=num_classes,
-                             device=device, augment=augment, generator=generator, grad_clip_norm=grad_clip_norm,
-                             amp=amp, epoch=epoch)
+                             device=device, grad_clip_norm=grad_clip_norm, amp=amp, epoch=epoch)
         # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
         va = evaluate(net, val_loader, loss_fn, task_name=task_name, num_classes=num_classes, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -108,9 +107,9 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
     return best_state, history, best_epoch
 
 
-def make_loaders(splits, batch_size, num_workers, seed, world, rank, device, drop_last=False):
-    """Train (shuffled; sharded under DDP, each rank taking batch_size / world), val and test loaders."""
-    sets = {name: TensorDataset(*tensors) for name, tensors in splits.items()}
+def make_loaders(sets, batch_size, num_workers, seed, world, rank, device, drop_last=False):
+    """Train (shuffled; sharded under DDP, each rank taking batch_size / world), val and test loaders over
+    data.Split datasets (memory-mapped: no split is held in memory)."""
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
     shuffle = ({"sampler": DistributedSampler(sets["train"], world, rank, shuffle=True, seed=seed)} if world > 1
                else {"shuffle": True, "generator": torch.Generator().manual_seed(seed)})
@@ -190,9 +189,10 @@ def main():
     amp = bool(tp["amp"]) and device.type == "cuda"
     model, model_args = models.for_data(tp["model"], info)
     model.to(device)
-    splits = {name: data.load_split(paths.split(name)) for name in ("train", "val", "test")}
-    loaders = make_loaders(splits, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device,
-                           runtime.drop_last_batch(len(splits["train"][0]), tp["batch_size"], world, model))
+    sets = {name: data.Split.open(paths.split(name), tp["augment"] if name == "train" else None, p["seed"])
+            for name in ("train", "val", "test")}
+    loaders = make_loaders(sets, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device,
+                           runtime.drop_last_batch(len(sets["train"]), tp["batch_size"], world, model))
     loss_fn = task.make_loss(task_name, tp["loss"], num_classes, tp.get("label_smoothing", 0.0))
     optimizer = optim.make_optimizer(model, tp["optimizer"], p["lr"])
     tracked = p["mlflow"]["enabled"] and rank == 0
@@ -203,7 +203,6 @@ def main():
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
             optim.make_scheduler(optimizer, tp["scheduler"], tp["epochs"]), epochs=tp["epochs"],
             patience=tp["early_stopping_patience"], task_name=task_name, num_classes=num_classes, device=device,
-            augment=tp["augment"], generator=torch.Generator().manual_seed(p["seed"] + 1 + rank),
             grad_clip_norm=tp["grad_clip_norm"], amp=amp, on_epoch=epoch_logger(run, rank, metric, tp["epochs"]))
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_time_s": time.perf_counter() - start,
                    "stopped_early": int(len(history) < tp["epochs"]), "params/total": models.parameter_count(model)}
@@ -217,9 +216,9 @@ def main():
                 model, loaders[name], loss_fn, task_name=task_name, num_classes=num_classes, device=device,
                 amp=amp).items()})
         stage.stop_point()
-        write_outputs(model, model_args, info, history, metrics, (splits["test"][0][:6], splits["test"][1][:6]))
+        write_outputs(model, model_args, info, history, metrics, data.head(sets["test"], 6))
         stage.stop_point()
-        example = data.to_float(splits["test"][0][:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
+        example = data.to_float(data.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
         files.write_json(paths.RUN_FILE, log_outputs(run, model, metrics, example) if run else {"enabled": False})
     # A signal during the last writes: they completed, but whoever sent it (dvc queue kill, a scheduler) wants
     # the pipeline stopped, so exit as stopped instead of letting DVC go on to the next stage.

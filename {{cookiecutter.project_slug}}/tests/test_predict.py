@@ -1,0 +1,82 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from {{ cookiecutter.package_name }} import files, models, paths, predict
+
+
+@pytest.fixture
+def deployable(project):
+    """An untrained model of the prepared data's shape as the deployable (predict's contract, not its skill)."""
+    info = json.loads(paths.DATASET.read_text())
+    torch.manual_seed(0)
+    model, model_args = models.for_data({"architecture": "resnet18" if info["task"] == "classification" else "Unet",
+                                         "encoder": "resnet18", "pretrained": False}, info)
+    paths.DEPLOY_DIR.mkdir(parents=True)
+    shape = [3, info["image_size"], info["image_size"]]
+    models.save_checkpoint(paths.DEPLOY_DIR / "model.safetensors", model.eval(), model_args, input_shape=shape)
+    files.write_json(paths.DEPLOY_INFO, {"variant": "fp32", "file": "model.safetensors", "runtime": "pytorch",
+                                         "input_shape": shape, "model_args": model_args})
+    return info
+
+
+def _inputs(folder):
+    """Images of several sizes and kinds: a wide RGB JPEG, a tall PNG, an EXIF-rotated JPEG, a 16-bit PNG and
+    its 8-bit twin, in a nested folder."""
+    rng = np.random.default_rng(0)
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(folder / "wide.JPG")
+    Image.fromarray(rng.integers(0, 256, (70, 20, 3), dtype=np.uint8)).save(folder / "sub" / "tall.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide x 24 high, shown 24 wide x 40 high
+    Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(folder / "rotated.jpg", exif=exif)
+    gray = rng.integers(0, 256, (33, 33), dtype=np.uint8)
+    Image.fromarray(gray).save(folder / "gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(gray).save(folder / ".ipynb_checkpoints" / "hidden.png")
+    return {"wide": (50, 30), "sub/tall": (20, 70), "rotated": (24, 40), "gray8": (33, 33), "gray16": (33, 33)}
+
+
+def test_every_image_gets_a_prediction_at_its_own_size(deployable, tmp_path):
+    sizes = _inputs(tmp_path / "in")
+    predict.main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--batch-size", "2"])
+    if deployable["task"] == "segmentation":
+        for name, size in sizes.items():
+            mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
+            assert mask.size == size and mask.mode == "L", name
+            assert np.asarray(mask).max() < deployable["num_classes"]
+            assert Image.open(tmp_path / "out" / "overlays" / f"{name}.png").size == size
+        twins = [np.asarray(Image.open(tmp_path / "out" / "masks" / f"{n}.png")) for n in ("gray8", "gray16")]
+    else:
+        with open(tmp_path / "out" / "predictions.csv") as f:
+            rows = {r["file"].rsplit("in/", 1)[1]: r for r in csv.DictReader(f)}
+        assert len(rows) == len(sizes)  # the hidden folder is skipped
+        for r in rows.values():
+            probs = [float(r[c]) for c in deployable["class_names"]]
+            assert sum(probs) == pytest.approx(1, abs=1e-5) and r["label"] in deployable["class_names"]
+        twins = [[rows[n][c] for c in deployable["class_names"]] for n in ("gray8.png", "gray16.png")]
+    assert np.array_equal(twins[0], twins[1])  # a 16-bit image predicts as its 8-bit twin
+    assert (tmp_path / "out" / "errors.csv").read_text().strip() == "file,error"
+
+
+def test_a_corrupt_file_is_reported_and_the_rest_processed(deployable, tmp_path, capsys):
+    _inputs(tmp_path / "in")
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit, match="1 file"):
+        predict.main([str(tmp_path / "in"), str(tmp_path / "in" / "wide.JPG"), "--out", str(tmp_path / "out")])
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "broken.png" in errors and "cannot read image" in errors
+    assert "predict: 6 of 7 images" in capsys.readouterr().out
+
+
+def test_missing_input_and_missing_model_are_named(project, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope: no such file"):
+        predict.main([str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(FileNotFoundError, match="no deployable model"):
+        predict.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
