@@ -69,7 +69,7 @@ def test_dvc_metrics_written(pipeline):
     curve = json.loads((project / "plots/robustness/curve.json").read_text())
     assert curve[0]["epsilon"] == 0 and curve[0]["pgd"] == pytest.approx(robust[f"clean/{metric}"])
     # DVC's tables show the headline figures only (details in reports/): a readable `dvc exp show`
-    assert sum(len(f["data"]) for f in files.values()) < 80
+    assert sum(len(f["data"]) for f in files.values()) < 100  # 257 columns of metrics and params before
     assert robust["security/fail"] == 0
     register = files["metrics/register.json"]["data"]
     assert register["passed"] == register["registered"] == 1 and register["version"] == 1

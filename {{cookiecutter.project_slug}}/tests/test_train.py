@@ -39,7 +39,7 @@ def test_fit_learns_and_is_deterministic_on_cpu():
 
 def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
     images, labels, _ = data.make_synthetic("classification", n=48, size=16, num_classes=3, seed=0)
-    ds = TensorDataset(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels))
+    ds = data.Split(images, labels)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     calls = []
 
@@ -48,11 +48,10 @@ def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
         return torch.nn.functional.cross_entropy(logits, y) * (float("nan") if len(calls) == 2 else 1.0)
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = train.make_optimizer(model, {"name": "sgd"}, 0.1)
+    opt = optim.make_optimizer(model, {"name": "sgd"}, 0.1)
     with pytest.raises(ValueError, match="training diverged at epoch 1, batch 2 of 3: loss nan"):
         train.fit(model, DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16), loss, opt, None, epochs=2,
-                  patience=0, task_name="classification", num_classes=3, device=torch.device("cpu"), augment={},
-                  generator=torch.Generator().manual_seed(0))
+                  patience=0, task_name="classification", num_classes=3, device=torch.device("cpu"))
     assert len(calls) == 2  # stopped at that batch
     after = model.state_dict()
     assert all(torch.isfinite(after[k]).all() and not torch.equal(before[k], after[k]) for k in after)  # one good step

@@ -15,6 +15,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -205,7 +206,15 @@ def pool(workers):
     on `workers`."""
     if workers == 1:
         return contextlib.nullcontext()
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers)
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    return context.Pool(workers, initializer=_quiet_worker)
+
+
+def _quiet_worker():
+    # Forked workers inherit the stage's signal handlers, which raise; the pool ends its workers with SIGTERM
+    # (also when prepare stops on a bad file), and each would print a traceback under the one-line error.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def resolve_workers(workers):
