@@ -43,7 +43,7 @@ def test_preflight_removes_the_debris_of_an_interrupted_write(stage_dir):
     for d in debris:
         d.mkdir(parents=True)
     (stage_dir / "out" / ".unrelated").write_text("kept")
-    files.preflight("s")
+    files.preflight(files.stage_spec("s"))
     assert sorted(p.name for p in (stage_dir / "out").iterdir()) == [".unrelated"]
 
 
@@ -57,7 +57,7 @@ def test_preflight_names_an_output_of_the_wrong_kind(stage_dir, plant, message):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir() if plant.endswith("/") else path.write_text("")
     with pytest.raises(OSError, match=message):
-        files.preflight("s")
+        files.preflight(files.stage_spec("s"))
 
 
 def test_preflight_names_a_read_only_location(stage_dir, monkeypatch):
@@ -66,13 +66,13 @@ def test_preflight_names_a_read_only_location(stage_dir, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system")
     monkeypatch.setattr(files.tempfile, "TemporaryFile", refuse)
     with pytest.raises(PermissionError, match="not writable .Read-only file system."):
-        files.preflight("s")
+        files.preflight(files.stage_spec("s"))
 
 
 def test_space_is_estimated_from_what_the_outputs_take(stage_dir):
     (stage_dir / "out").mkdir()
     (stage_dir / "out" / "model.bin").write_bytes(b"x" * 3 * 2**20)
-    outputs = files.stage_outputs("s")
+    outputs = files.stage_outputs(files.stage_spec("s"))
     files.check_space(outputs, [], free=lambda folder: 7 * 2**20)  # old copy + new copy fit
     with pytest.raises(OSError, match=r": 5 MiB free, the stage needs about 6 MiB; free some space"):
         files.check_space(outputs, [], free=lambda folder: 5 * 2**20)

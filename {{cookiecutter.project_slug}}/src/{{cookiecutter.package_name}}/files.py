@@ -73,12 +73,19 @@ def sha256(path):
     return h.hexdigest()
 
 
-def require(stage, dvc_yaml="dvc.yaml"):
-    """Stop before any work, naming what is missing, when the stage's dvc.yaml deps are absent: a stage run by
-    hand before the ones that make its inputs. (Without a dvc.yaml, as in scratch copies, nothing is checked.)"""
+def stage_spec(stage, dvc_yaml="dvc.yaml"):
+    """The stage's entry in dvc.yaml (deps, outs, ...); None without a dvc.yaml, as in scratch copies."""
     if not Path(dvc_yaml).is_file():
+        return None
+    return yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]
+
+
+def require(stage, spec):
+    """Stop before any work, naming what is missing, when the stage's dvc.yaml deps (spec: stage_spec) are
+    absent: a stage run by hand before the ones that make its inputs. Without a spec nothing is checked."""
+    if spec is None:
         return
-    deps = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["deps"]
+    deps = spec["deps"]
     missing = [d for d in deps if not Path(d).exists()]
     if missing:
         raise FileNotFoundError(f"missing input(s) {', '.join(missing)}; `dvc repro {stage}` makes them by running "
@@ -87,11 +94,10 @@ def require(stage, dvc_yaml="dvc.yaml"):
 
 # --- before a stage starts: where its outputs go --------------------------------------------------------------
 
-def stage_outputs(stage, dvc_yaml="dvc.yaml"):
-    """The paths dvc.yaml says `stage` writes (outs, metrics, plots); [] without a dvc.yaml."""
-    if not Path(dvc_yaml).is_file():
+def stage_outputs(spec):
+    """The paths a stage's dvc.yaml entry (stage_spec) says it writes (outs, metrics, plots); [] without one."""
+    if spec is None:
         return []
-    spec = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]
     return [Path(next(iter(o)) if isinstance(o, dict) else o)
             for key in ("outs", "metrics", "plots") for o in spec.get(key, [])]
 
@@ -103,7 +109,7 @@ def debris(path):
 
 def remove_debris(outputs):
     """Delete what an interrupted atomic write left (SIGKILL, power loss: its `finally` never ran). Returns them."""
-    found = [d for o in outputs for d in Path(o).parent.glob(f".{Path(o).name}.*")]
+    found = [d for o in outputs for d in Path(o).parent.glob(Path(debris(o)).name)]
     for d in found:
         shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
     return found
@@ -156,13 +162,12 @@ def check_space(outputs, inputs, free=lambda folder: shutil.disk_usage(folder).f
                           f"{need / 2**20:.0f} MiB; free some space (dvc gc, old mlruns/) or move the project")
 
 
-def preflight(stage, dvc_yaml="dvc.yaml"):
+def preflight(spec):
     """Before work: leftovers of interrupted writes removed; every output location the kind it must be (a file,
     or a folder when dvc.yaml's path has no suffix) and writable; room for the outputs."""
-    outputs = stage_outputs(stage, dvc_yaml)
+    outputs = stage_outputs(spec)
     remove_debris(outputs)
     for o in outputs:
         check_writable(o, directory=not o.suffix)
     if outputs:
-        inputs = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][stage]["deps"]
-        check_space(outputs, [d for d in inputs if Path(d).exists()])
+        check_space(outputs, [d for d in spec["deps"] if Path(d).exists()])

@@ -138,15 +138,19 @@ def interleaved_latency(fns, x, warmup, rounds, baseline="fp32"):
                 times[n].append((time.perf_counter_ns() - start) / 1e9)
     out = {}
     for n in names:
-        ratios = [b / v for b, v in zip(times[baseline], times[n], strict=True)]
-        low, high = median_interval(ratios)
-        out[n] = {**latency_stats(times[n], x.shape[0]), "speedup": statistics.median(ratios),
+        low, high = median_interval(round_ratios(times[baseline], times[n]))
+        out[n] = {**latency_stats(times[n], x.shape[0]), "speedup": pairwise_speedup(times[baseline], times[n]),
                   "speedup_ci_low": low, "speedup_ci_high": high}
     return out
 
 
+def round_ratios(baseline, variant):
+    """baseline / variant time of each interleaved round."""
+    return [b / v for b, v in zip(baseline, variant, strict=True)]
+
+
 def pairwise_speedup(baseline, variant):
-    return statistics.median(b / v for b, v in zip(baseline, variant, strict=True))
+    return statistics.median(round_ratios(baseline, variant))
 
 
 def median_interval(values, resamples=1000, level=0.95, seed=0):

@@ -95,10 +95,7 @@ def level_of(score, thresholds):
 def load_deployable():
     """The deployable variant as a callable on float (B, 3, H, W), and its description."""
     deploy = json.loads(paths.DEPLOY_INFO.read_text())
-    path = paths.DEPLOY_DIR / deploy["file"]
-    if deploy["runtime"] == "onnxruntime":
-        return runtime.ort_session(path, torch.get_num_threads()), deploy
-    return models.load_checkpoint(path)[0], deploy
+    return runtime.deployable(paths.DEPLOY_DIR / deploy["file"], deploy["runtime"], torch.get_num_threads()), deploy
 
 
 def attack_rows(model, deployable, x, y, rp, ev, loss, generator, metric):

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from {{ cookiecutter.package_name }} import models
+
 
 def seed_everything(seed):
     random.seed(seed)
@@ -107,3 +109,22 @@ def ort_session(path, threads):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+RUNTIMES = ("onnxruntime", "pytorch")  # how optimize's deployable variants run (deployable.json "runtime")
+
+
+def deployable(path, runtime, threads=0):
+    """The deployable file at `path` as a function of float32 (B, 3, H, W) tensors -> logits tensors: an ONNX
+    Runtime session, or the PyTorch model rebuilt from its checkpoint (no pickle). threads 0: ORT's default."""
+    if runtime == "onnxruntime":
+        return ort_session(path, threads)
+    if runtime == "pytorch":
+        model, _ = models.load_checkpoint(path)
+
+        def run(x):
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+    raise ValueError(f"deployable runtime {runtime!r} is not supported; valid runtimes: {', '.join(RUNTIMES)}")

@@ -26,9 +26,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from {{ cookiecutter.package_name }} import models
+from {{ cookiecutter.package_name }} import models, runtime
 
-RUNTIMES = ("onnxruntime", "pytorch")
+RUNTIMES = runtime.RUNTIMES
 # Images one request may hold: `mlflow models serve` (uvicorn) reads a request body whole, with no size limit of
 # its own, so a larger batch is refused here, before inference; bytes are capped in front of it (a reverse
 # proxy's client_max_body_size, see the README). Set in the server's environment.
@@ -43,27 +43,14 @@ from {__name__} import Deployable
 
 mlflow.models.set_model(Deployable())
 '''
-# Modules of this package that loading needs (models imports nothing else of ours).
-CODE = ("__init__.py", "names.py", "models.py", "serving.py")  # serving and what it imports
+# Modules of this package that loading needs: serving and what it imports (models needs names; runtime models).
+CODE = ("__init__.py", "names.py", "models.py", "runtime.py", "serving.py")
 
 
-def runner(path, runtime):
+def runner(path, runtime_name):
     """A function: float32 numpy (B, 3, H, W) -> float32 numpy logits, for the deployable file at `path`."""
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # int8 QDQ is for CPUs
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
-    if runtime == "pytorch":
-        model, _ = models.load_checkpoint(path)  # rebuilt from the arguments stored in the file; no pickle
-
-        def run(x):
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
-
-        return run
-    raise ValueError(f"deployable runtime {runtime!r} is not supported; valid runtimes: {', '.join(RUNTIMES)}")
+    run = runtime.deployable(path, runtime_name)
+    return lambda x: run(torch.from_numpy(x)).numpy()
 
 
 class Deployable(mlflow.pyfunc.PythonModel):

@@ -36,8 +36,9 @@ def begin(name):
     store is checked as the stage opens its run (tracking.connect), also before any work."""
     check_own_code()
     p = params.load()
-    files.require(name)
-    files.preflight(name)
+    spec = files.stage_spec(name)  # dvc.yaml read once: the inputs it needs, the outputs it writes
+    files.require(name, spec)
+    files.preflight(spec)
     return p
 
 
