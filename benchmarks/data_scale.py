@@ -1,7 +1,7 @@
 """Real data at real size: prepare's memory and throughput, training's memory and time waiting for data,
 predict's speed, and what DVC caches, on generated folders of 512 x 512 JPEGs.
 
-    nice -n 10 .venv/bin/python benchmarks/data_scale.py [--sizes 1000 5000 20000] [--train-sizes 1000 5000]
+    .venv/bin/python benchmarks/data_scale.py [--sizes 1000 5000 20000] [--train-sizes 1000 5000]
         [--predict 1000] [--task classification] [--out benchmarks/results]
 
 Bakes a default project, writes `max(sizes)` JPEGs of 512 x 512 (smooth random colour fields plus noise, about
@@ -22,6 +22,7 @@ train peak RSS <= 3 GB, data wait <= 5 %.
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -55,7 +56,7 @@ print('RESULT', wall, hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrs
 # One epoch of train's own loop over the prepared train split, the loader wrapped to time each `next`.
 TRAIN = """
 import json, resource, time, torch
-from {pkg} import data, models, params, paths, task, train
+from {pkg} import data, models, optim, params, paths, task, train
 p = params.load()
 tp = p["train"]
 info = json.loads(paths.DATASET.read_text())
@@ -78,7 +79,7 @@ class Timed:
     def __len__(self):
         return len(loader)
 loss = task.make_loss(info["task"], tp["loss"], info["num_classes"])
-opt = train.make_optimizer(model, tp["optimizer"], p["lr"])
+opt = optim.make_optimizer(model, tp["optimizer"], p["lr"])
 start = time.perf_counter()
 train.train_one_epoch(model, Timed(), loss, opt, task_name=info["task"], num_classes=info["num_classes"],
                       device=torch.device("cpu"), grad_clip_norm=tp["grad_clip_norm"])
@@ -124,26 +125,30 @@ print("RESULT", time.perf_counter() - start)
 """
 
 
-def make_images(raw, n, task, seed=0):
-    """n JPEGs of 512 x 512 (and PNG masks for segmentation) in data/raw's layout; returns the file list."""
-    rng = np.random.default_rng(seed)
-    made = []
-    for i in range(n):
-        field = rng.uniform(0, 255, (9, 9, 3)).astype(np.uint8)
-        img = np.asarray(Image.fromarray(field).resize((PX, PX), Image.BICUBIC), np.float32)
-        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-        if task == "segmentation":
-            path = raw / "images" / f"{i:06d}.jpg"
-            mask = np.zeros((PX, PX), np.uint8)
-            mask[PX // 4:PX // 2, PX // 3:2 * PX // 3] = 255
-            (raw / "masks").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(raw / "masks" / f"{i:06d}.png")
-        else:
-            path = raw / f"class_{i % 3}" / f"{i:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(path, quality=90)
-        made.append(path)
-    return made
+def make_image(raw, i, task, seed=0):
+    """Image i (and its mask for segmentation) in data/raw's layout, drawn from its own seed: any process can
+    write any image, and the folder is the same however the work is split."""
+    rng = np.random.default_rng([seed, i])
+    field = rng.uniform(0, 255, (9, 9, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(field).resize((PX, PX), Image.BICUBIC), np.float32)
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    if task == "segmentation":
+        path = raw / "images" / f"{i:06d}.jpg"
+        mask = np.zeros((PX, PX), np.uint8)
+        mask[PX // 4:PX // 2, PX // 3:2 * PX // 3] = 255
+        (raw / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(raw / "masks" / f"{i:06d}.png")
+    else:
+        path = raw / f"class_{i % 3}" / f"{i:06d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, quality=90)
+    return path
+
+
+def make_images(raw, n, task):
+    """n JPEGs of 512 x 512 (and PNG masks for segmentation), written by one process per core."""
+    with multiprocessing.Pool(len(os.sched_getaffinity(0))) as pool:
+        return pool.starmap(make_image, [(raw, i, task) for i in range(n)], chunksize=64)
 
 
 def subset(raw, target, n):
