@@ -103,6 +103,13 @@ def test_an_experiment_shared_through_git_dvc_and_mlflow_remotes(mlflow_server, 
     assert run.info.status == "FINISHED" and run.data.tags["dvc_exp_name"] == "alice-lr"
     assert run.data.params["lr"] == "0.003"
 
+    # The pull-request report of the experiment against main: its params, its metrics, its run on the server.
+    sh(bob, "python", "-m", f"{alice.name.replace('-', '_')}.pr_report", "--head", "alice-lr")
+    report = (bob / "reports/pr/report.md").read_text()
+    assert "| params.yaml | lr | 0.001 | 0.003 |" in report
+    assert f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run_id})" in report
+    assert "| plots/train/curves.png | — | ![branch](plots/branch/plots/train/curves.png) |" in report
+
     # Bob takes it into his workspace: data and models from the DVC remote, and nothing left to run.
     sh(bob, "dvc", "exp", "apply", "alice-lr")
     sh(bob, "dvc", "pull")

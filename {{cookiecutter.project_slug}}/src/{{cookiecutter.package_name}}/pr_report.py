@@ -3,6 +3,7 @@ job summary.
 
     python -m {{ cookiecutter.package_name }}.pr_report                       # the workspace against main
     python -m {{ cookiecutter.package_name }}.pr_report --base origin/main --head HEAD
+    python -m {{ cookiecutter.package_name }}.pr_report --head lr-3e-3          # a DVC experiment against main
     make pr-report BASE=origin/main
 
 Reads what git and DVC hold at the two revisions; nothing is rerun or re-measured: the params that differ
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 import dvc.api
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
+from dvc.scm import Git, RevError, resolve_rev
 
 from {{ cookiecutter.package_name }} import files, paths, report, stage, tracking
 
@@ -118,13 +120,25 @@ def plot_rows(root, revs, out, image_url=None):
     return rows
 
 
+def open_repo(root):
+    """The DVC repository at root, with git and a commit, or ValueError saying what is missing."""
+    try:
+        repo = Repo(str(root))
+    except DvcException as e:
+        raise ValueError(f"{root}: {e}; pr_report compares git revisions of a DVC project: git init && dvc init") from e
+    if not isinstance(repo.scm, Git) or repo.scm.no_commits:
+        raise ValueError(f"{root}: no git repository with a commit; pr_report compares git revisions: git init, "
+                         "dvc init, git commit")
+    return repo
+
+
 def resolve(repo, rev, option):
     """(rev, full commit sha; None for the workspace), or ValueError naming the option and the fix."""
     if rev == WORKSPACE:
         return rev, None
     try:
-        return rev, repo.scm.resolve_rev(rev)
-    except Exception as e:  # scmrepo's RevError (its class differs between git backends)
+        return rev, resolve_rev(repo.scm, rev)  # DVC's resolver: branches, tags, commits and experiment names
+    except RevError as e:
         raise ValueError(f"{option} {rev}: no such git revision here; fetch it first (git fetch origin, and in CI "
                          "actions/checkout with fetch-depth: 0) or name another branch, tag or commit") from e
 
@@ -170,7 +184,7 @@ def main(argv=None):
     parser.add_argument("--image-url", help="link plots at <IMAGE_URL>/<commit>/<path> instead of copying them")
     args = parser.parse_args(argv)
     root = tracking.repo_root()
-    repo = Repo(str(root))
+    repo = open_repo(root)
     revs = {"base": resolve(repo, args.base, "--base"), "branch": resolve(repo, args.head, "--head")}
     if args.image_url and revs["branch"][1] is None:
         parser.error("--image-url needs a committed --head (a link cannot point at uncommitted files)")
