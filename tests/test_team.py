@@ -172,5 +172,8 @@ def test_pull_request_report_names_what_the_branch_changed(tmp_path):
     assert "![branch](plots/branch/plots/train/curves.png)" in report
     assert sh(project, "git", "status", "--porcelain") == ""  # the report is git-ignored
 
+    # Two names of one commit (DVC would merge them into one "feature, HEAD" entry): both sides still read.
+    same = sh(project, "python", "-m", f"{package}.pr_report", "--base", "feature", "--head", "HEAD")
+    assert "No params changed." in same and "| all gates | pass | pass |" in same
     bad = sh(project, "python", "-m", f"{package}.pr_report", "--base", "origin/main", ok=False)
     assert bad.strip().splitlines()[-1].startswith("pr_report: ValueError: --base origin/main: no such git revision")

@@ -153,7 +153,7 @@ def compare(repo, base, head):
             unreadable = errors if isinstance(errors, Exception) else {
                 f: e for f, e in errors.items() if not isinstance(e, FileNotFoundError)}
             if unreadable:
-                raise ValueError(f"dvc {what} diff could not read {rev}: {unreadable}")
+                raise ValueError(f"dvc {what} diff could not read {rev[:8]}: {unreadable}")
     return sides(params.get("diff", {})), sides(metrics.get("diff", {}))
 
 
@@ -188,7 +188,8 @@ def main(argv=None):
     revs = {"base": resolve(repo, args.base, "--base"), "branch": resolve(repo, args.head, "--head")}
     if args.image_url and revs["branch"][1] is None:
         parser.error("--image-url needs a committed --head (a link cannot point at uncommitted files)")
-    params, metrics = compare(repo, revs["base"][0], revs["branch"][0])
+    # Commits, not names: DVC merges two names of one commit into one "a, b" entry, and neither side is found.
+    params, metrics = compare(repo, *(commit or rev for rev, commit in revs.values()))
     run_files = {side: {k: v[i] for (f, k), v in metrics.items() if f == str(paths.RUN_FILE)}
                  for i, side in enumerate(("base", "branch"))}
     tracking_uris = {side: tracking.tracking_uri(params.get(("params.yaml", "mlflow.tracking_uri"), (None, None))[i]
