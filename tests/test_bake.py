@@ -19,11 +19,11 @@ COMMON = {
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
         "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
-        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict")),
+        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict", "pr_report")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
         "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
-        "test_serving", "test_images", "test_prepare", "test_predict",
+        "test_serving", "test_images", "test_prepare", "test_predict", "test_pr_report",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
@@ -69,7 +69,7 @@ def test_nothing_left_unrendered(case):
     _, project = case
     for path in project.rglob("*"):
         if path.is_file() and ".git" not in path.parts:
-            text = path.read_text()
+            text = re.sub(r"\$\{\{ [^}]+ \}\}", "", path.read_text())  # GitHub Actions expressions
             assert "{{" not in text and "{%" not in text and "cookiecutter" not in text.replace(
                 "pytorch-dvc-mlflow template", ""), path
 
@@ -123,11 +123,12 @@ def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
 
 
 def test_one_floor_of_stages_over_one_floor_of_library(case):
-    # A stage never imports another stage (or a command: compare, predict); what two share lives in the library.
+    # A stage never imports another stage (or a command: compare, predict, pr_report); what two share lives in the
+    # library.
     _, project = case
     package = project.name.replace("-", "_")
     src = project / "src" / package
-    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare", "predict"}
+    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare", "predict", "pr_report"}
     for module in (p.stem for p in src.glob("*.py")):
         imported_stages = package_imports(src, package, module) & stages
         assert not imported_stages, f"{module} imports the stage module(s) {imported_stages}"
@@ -154,7 +155,7 @@ def test_paths_are_written_once(case):
     declared = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and "/" in n.value and " " not in n.value]
     for path in declared:
-        if "{" not in path and path != "reports/compare":  # compare's output is not a pipeline output
+        if "{" not in path and path not in ("reports/compare", "reports/pr"):  # commands' outputs, not the pipeline's
             assert path in dvc, f"{path} (paths.py) is not declared in dvc.yaml"
     literal = re.compile(r"""["'](data|models|metrics|plots|reports)/[\w./-]*["']""")
     for module in src.glob("*.py"):
@@ -173,6 +174,9 @@ def test_generated_ci_workflow_uses_what_the_project_has(case):
         "python_version", "3.11")
     script = "\n".join(s.get("run", "") for s in steps)
     assert "pytest" in script and "ruff check" in script and f"python -m {package}.compare" in script
+    report = next(s for s in steps if f"python -m {package}.pr_report" in s.get("run", ""))  # on pull requests
+    assert report["if"] == "${{ github.event_name == 'pull_request' }}" and "GITHUB_STEP_SUMMARY" in report["run"]
+    assert steps[0]["with"]["fetch-depth"] == 0  # the base branch's commits
     assert "uv lock --check" in script and "make install-cpu" in script  # the lock checked; CPU-only torch
     params = yaml.safe_load((project / "params.yaml").read_text())
     keys = re.findall(r"-S ([\w.]+)=", script)
@@ -193,11 +197,14 @@ def test_makefile_and_pre_commit(case):
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "predict", "test", "ui", "serve",
-            "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui",
+            "serve", "push"} <= targets
     dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
     assert dry.strip() == "uv run dvc exp run -S lr=0.003"
+    dry = subprocess.run([make, "-n", "pr-report", "BASE=origin/main"], cwd=project, capture_output=True, text=True,
+                         check=True).stdout
+    assert dry.strip() == f"uv run python -m {project.name.replace('-', '_')}.pr_report --base origin/main"
     dry = subprocess.run([make, "-n", "lock"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert "uv lock" in dry and "--output-file=requirements.txt" in dry
 

@@ -1,8 +1,11 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -152,28 +155,81 @@ def test_run_left_running_by_a_killed_process_is_closed_when_train_starts(projec
     assert status.pop(orphan.info.run_id) == "KILLED" and list(status.values()) == ["FINISHED"]
 
 
-def test_two_cpu_processes_with_gloo_match_one_process(project, runs):
-    # torchrun, as on a multi-GPU machine, with gloo on CPU: rank 0 alone writes and tracks; the result is the
-    # single-process one within tolerance (shards and batch-norm statistics differ, so not bit for bit).
+def _torchrun(project, *launcher_args):
+    """`torchrun <launcher_args> -m <pkg>.train` started in project (one launcher = one node); returns the Popen,
+    its output going to a file (a pipe nobody reads while another launcher is awaited could fill and block)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    log = tempfile.TemporaryFile("w+")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher_args,
+                                 "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    launcher.log = log
+    return launcher
+
+
+def _output(launcher):
+    launcher.log.seek(0)
+    return launcher.log.read()
+
+
+def _finished(*launchers):
+    """The launchers' outputs, once all exited 0."""
+    for launcher in launchers:
+        launcher.wait(timeout=600)
+    outs = [_output(launcher) for launcher in launchers]
+    for launcher, out in zip(launchers, outs, strict=True):
+        assert launcher.returncode == 0, out[-5000:]
+    return outs
+
+
+def _listening(port, launcher, timeout=120):
+    """Wait until the rendezvous store of `launcher` (the first node) accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and launcher.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the first node's rendezvous never listened on {port}: {_output(launcher)[-3000:]}")
+
+
+def test_gloo_one_node_two_nodes_and_one_process_agree(project, runs, closed_port):
+    # torchrun with gloo on CPU. One node, two processes (as on a multi-GPU machine), then two nodes of one
+    # process each, two launchers meeting at a c10d rendezvous on 127.0.0.1 (as two machines would at the first
+    # node's address). The same ranks see the same shards and the all-reduce sums the same numbers: the two
+    # launches agree exactly. Rank 0 alone writes and tracks. One process: the same within tolerance (shards and
+    # batch-norm statistics differ, so not bit for bit).
     p = params.load()
     p["train"].update(epochs=2, batch_size=8, early_stopping_patience=0)
     p["train"]["augment"].update(hflip=False, vflip=False, rot90=False, brightness=0.0)
     files.write_json("params.yaml", p)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "{{ cookiecutter.package_name }}.train"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("train: best epoch") == 1  # one writer
-    ddp = json.loads(Path("metrics/train.json").read_text())
+    (out,) = _finished(_torchrun(project, "--standalone", "--nproc_per_node", "2"))
+    assert out.count("train: best epoch") == 1  # one writer
+    one_node = json.loads(Path("metrics/train.json").read_text())
     (run,) = runs(project)
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
+                  "--rdzv-endpoint", f"127.0.0.1:{closed_port}", "--local-addr", "127.0.0.1"]
+    first = _torchrun(project, *rendezvous)
+    _listening(closed_port, first)  # the first launcher hosts the rendezvous store; the second joins it
+    outs = _finished(first, _torchrun(project, *rendezvous))
+    assert sum(o.count("train: best epoch") for o in outs) == 1 and sum(o.count("MLflow run") for o in outs) == 1
+    two_nodes = json.loads(Path("metrics/train.json").read_text())
+    two_nodes_run = next(r for r in runs(project) if r.info.run_id != run.info.run_id)
+    assert len(runs(project)) == 2 and two_nodes_run.info.status == "FINISHED"
+    assert two_nodes_run.data.tags["world_size"] == "2"
+    assert two_nodes_run.info.run_id == json.loads(Path("metrics/mlflow.json").read_text())["run_id"]
+    timing = ("train_time_s",)
+    assert {k: v for k, v in two_nodes.items() if k not in timing} == {
+        k: v for k, v in one_node.items() if k not in timing}
+
     train.main()  # the same params in one process
     single = json.loads(Path("metrics/train.json").read_text())
     metric = task_module.primary_metric(params.load()["prepare"]["task"])
-    assert ddp["epochs_run"] == single["epochs_run"] == 2
-    assert abs(ddp[f"test/{metric}"] - single[f"test/{metric}"]) <= 0.15, (ddp, single)
-    assert abs(ddp["test/loss"] - single["test/loss"]) <= 0.25 * single["test/loss"], (ddp, single)
+    assert one_node["epochs_run"] == single["epochs_run"] == 2
+    assert abs(one_node[f"test/{metric}"] - single[f"test/{metric}"]) <= 0.15, (one_node, single)
+    assert abs(one_node["test/loss"] - single["test/loss"]) <= 0.25 * single["test/loss"], (one_node, single)
 
 
 def test_unreachable_server_stops_before_training(project, monkeypatch, closed_port):

@@ -39,6 +39,7 @@ ROBUSTNESS_REPORT = Path("reports/robustness.json")
 ROBUSTNESS_HTML = Path("reports/robustness.html")
 MODEL_REPORT = Path("reports/model.html")
 COMPARE = Path("reports/compare")  # compare's .md / .html / .png (not a pipeline output)
+PR_REPORT = Path("reports/pr")  # pr_report's report.md and plots/ (not a pipeline output; git-ignored)
 
 
 def split(name):
