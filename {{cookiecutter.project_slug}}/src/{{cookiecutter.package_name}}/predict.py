@@ -223,13 +223,15 @@ def score_pair(path, upright, out_a, out_b, info, top):
         w, h, resize = upright.shape[1], upright.shape[0], info.get("resize", "stretch")
         ma, mb = (images.unfit(m, w, h, resize) for m in (out_a, out_b))
         agree, iou = agreement.mask_agreement(ma, mb, info["num_classes"])
-        top.add(1 - agree, (path, upright, ma, mb))
+        if agree < 1:  # only images where they disagree at all can be among the worst
+            top.add(1 - agree, (path, upright, ma, mb))
         return {"file": str(path), "pixel_agreement": agree, "mean_iou": iou}
     same, distance = agreement.label_agreement(out_a, out_b)
     names = info["class_names"]
     row = {"file": str(path), "label_a": names[int(out_a.argmax())], "p_a": float(out_a.max()),
            "label_b": names[int(out_b.argmax())], "p_b": float(out_b.max()), "same_label": same, "distance": distance}
-    top.add((1 - same, distance), (path, upright, row))
+    if distance > 0:  # different labels first, then the furthest apart probabilities
+        top.add((1 - same, distance), (path, upright, row))
     return row
 
 
@@ -275,18 +277,19 @@ def latency(models, first, warmup, rounds):
 def disagreement_pictures(top, info, uris, folder):
     """One labelled PNG per image of `top`, worst first; returns [(rank, file, score, png path)]."""
     folder.mkdir(parents=True, exist_ok=True)
+    a, b = (f"{key}: {Path(uri).name}" for key, uri in zip("AB", uris, strict=True))  # models:/m@champion -> m@champion
     written = []
     for rank, (score, (path, upright, *rest)) in enumerate(top.items(), 1):
         png = folder / f"{rank:02d}_{Path(path).stem}.png"
         if info["task"] == "segmentation":
             ma, mb = rest
-            plots.panels([("input", upright), ("A", overlay(upright, ma)), ("B", overlay(upright, mb)),
+            plots.panels([("input", upright), (a, overlay(upright, ma)), (b, overlay(upright, mb)),
                           ("where A and B differ", agreement.difference(upright, ma, mb))], png,
                          title=f"{Path(path).name}: pixel agreement {1 - score:.3f}")
         else:
             (row,) = rest
-            plots.panels([("input", upright)], png, title=f"A: {row['label_a']} ({row['p_a']:.2f})\n"
-                                                          f"B: {row['label_b']} ({row['p_b']:.2f})")
+            plots.panels([("input", upright)], png, title=f"{a}: {row['label_a']} ({row['p_a']:.2f})\n"
+                                                          f"{b}: {row['label_b']} ({row['p_b']:.2f})")
         written.append((rank, str(path), score, png))
     return written
 
@@ -311,7 +314,7 @@ def compare_metrics(rows, lat, info):
 def write_compare_report(out, uris, metrics, lat, batch, pictures, errors):
     """out/compare.md and out/compare.html, the same content (the HTML with the pictures inlined)."""
     models = [{"": key, "model": uri, "p50 ms": lat[key]["p50_ms"], "p90 ms": lat[key]["p90_ms"],
-               "p90/p50": lat[key]["p90_p50"], "speedup over A": report.speedup_cell({**lat[key], "reliable": True})}
+               "p90/p50": lat[key]["p90_p50"], "speedup over A": "baseline" if key == "A" else report.speedup_cell({**lat[key], "reliable": True})}
               for key, uri in zip("AB", uris, strict=True)]
     figures = [{k: v for k, v in metrics.items() if k.startswith("agreement/") or k == "images"}]
     note = (f"Latency: the model call alone (decoding excluded), on a batch of {batch} images at each model's "
