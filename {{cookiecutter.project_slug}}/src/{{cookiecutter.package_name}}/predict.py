@@ -307,19 +307,22 @@ def compare_metrics(rows, lat, info):
         m.update({f"latency/{key}/p50_ms": t["p50_ms"], f"latency/{key}/p90_ms": t["p90_ms"],
                   f"latency/{key}/p90_p50": t["p90_p50"]})
     m.update({"latency/B/speedup_over_A": lat["B"]["speedup"], "latency/B/speedup_ci_low": lat["B"]["speedup_ci_low"],
-              "latency/B/speedup_ci_high": lat["B"]["speedup_ci_high"], "images": len(rows)})
+              "latency/B/speedup_ci_high": lat["B"]["speedup_ci_high"], "latency/reliable": int(
+                  lat["A"]["reliable"] and lat["B"]["reliable"]), "images": len(rows)})
     return m
 
 
 def write_compare_report(out, uris, metrics, lat, batch, pictures, errors):
     """out/compare.md and out/compare.html, the same content (the HTML with the pictures inlined)."""
     models = [{"": key, "model": uri, "p50 ms": lat[key]["p50_ms"], "p90 ms": lat[key]["p90_ms"],
-               "p90/p50": lat[key]["p90_p50"], "speedup over A": "baseline" if key == "A" else report.speedup_cell({**lat[key], "reliable": True})}
+               "p90/p50": lat[key]["p90_p50"], "speedup over A": "baseline" if key == "A" else report.speedup_cell(lat[key]),
+               "reliability": lat[key]["reliability"]}
               for key, uri in zip("AB", uris, strict=True)]
     figures = [{k: v for k, v in metrics.items() if k.startswith("agreement/") or k == "images"}]
     note = (f"Latency: the model call alone (decoding excluded), on a batch of {batch} images at each model's "
             f"input size, {lat['A']['runs']} rounds alternating A and B; speedup: the median per-round ratio of "
-            f"A's time to B's, with its 95% bootstrap interval. Unreadable files: {len(errors)} (errors.csv).")
+            f"A's time to B's, with its 95% bootstrap interval (UNRELIABLE: outside params' "
+            f"optimize.latency.reliability). Unreadable files: {len(errors)} (errors.csv).")
     top = [{"rank": r, "file": f, "disagreement": s[1] if isinstance(s, tuple) else s} for r, f, s, _ in pictures]
     md = (f"# predict --compare\n\n{report.markdown(models)}\n{report.markdown(figures)}\n{note}\n\n"
           f"## Where A and B disagree most\n\n{report.markdown(top)}\n"
@@ -362,6 +365,9 @@ def compare(found, uris, out, batch_size, p):
     if not rows:
         raise ValueError(f"none of the {len(found)} files could be read (see {out / 'errors.csv'}); nothing to compare")
     lat = latency(models, first, cfg["warmup"], cfg["rounds"])
+    rule = p["optimize"]["latency"]["reliability"]  # the project's one rule for a figure that can be trusted
+    for t in lat.values():
+        t["reliable"], t["reliability"] = measure.reliability(t, rule["max_p90_p50"], rule["max_interval_width"])
     metrics = compare_metrics(rows, lat, a)
     write_table(out / "agreement.csv", list(rows[0]), [list(r.values()) for r in rows])
     files.write_json(out / "compare.json", {"model_a": uris[0], "model_b": uris[1], "metrics": metrics,
