@@ -217,11 +217,13 @@ def decode_for(path, models):
     return upright, inputs
 
 
-def score_pair(path, upright, out_a, out_b, info, top):
-    """One image's agreement row; the image joins `top` (the worst disagreements) with what its picture needs."""
+def score_pair(path, upright, out_a, out_b, infos, top):
+    """One image's agreement row; the image joins `top` (the worst disagreements) with what its picture needs.
+    Masks are compared at the image's own size, each mapped back by its own model's fitting rule."""
+    info = infos[0]
     if info["task"] == "segmentation":
-        w, h, resize = upright.shape[1], upright.shape[0], info.get("resize", "stretch")
-        ma, mb = (images.unfit(m, w, h, resize) for m in (out_a, out_b))
+        ma, mb = (images.unfit(m, upright.shape[1], upright.shape[0], i.get("resize", "stretch"))
+                  for m, i in zip((out_a, out_b), infos, strict=True))
         agree, iou = agreement.mask_agreement(ma, mb, info["num_classes"])
         if agree < 1:  # only images where they disagree at all can be among the worst
             top.add(1 - agree, (path, upright, ma, mb))
@@ -239,7 +241,7 @@ def compare_all(models, found, batch_size, top_k):
     """Both models over every found file. Returns (rows, TopK, errors, {key: first batch's model input})."""
     rows, errors, batch, first = [], [], [], {}
     top = agreement.TopK(top_k)
-    info = models["A"][1]
+    infos = [info for _, info, _ in models.values()]
 
     def flush():
         outputs = {}
@@ -248,7 +250,7 @@ def compare_all(models, found, batch_size, top_k):
             first.setdefault(key, x)
             outputs[key] = run_batch(fn, x, model_info)
         for (path, upright, _), a, b in zip(batch, outputs["A"], outputs["B"], strict=True):
-            rows.append(score_pair(path, upright, a, b, info, top))
+            rows.append(score_pair(path, upright, a, b, infos, top))
         batch.clear()
 
     for path, _ in stage.checked(tqdm(found, desc="compare", unit="image", disable=None)):
