@@ -317,9 +317,9 @@ def compare_metrics(rows, lat, info):
 def write_compare_report(out, uris, metrics, lat, batch, pictures, errors):
     """out/compare.md and out/compare.html, the same content (the HTML with the pictures inlined)."""
     models = [{"": key, "model": uri, "p50 ms": lat[key]["p50_ms"], "p90 ms": lat[key]["p90_ms"],
-               "p90/p50": lat[key]["p90_p50"], "speedup over A": "baseline" if key == "A" else report.speedup_cell(lat[key]),
-               "reliability": lat[key]["reliability"]}
-              for key, uri in zip("AB", uris, strict=True)]
+               "p90/p50": lat[key]["p90_p50"],
+               "speedup over A": "baseline" if key == "A" else report.speedup_cell(lat[key]),
+               "reliability": lat[key]["reliability"]} for key, uri in zip("AB", uris, strict=True)]
     figures = [{k: v for k, v in metrics.items() if k.startswith("agreement/") or k == "images"}]
     note = (f"Latency: the model call alone (decoding excluded), on a batch of {batch} images at each model's "
             f"input size, {lat['A']['runs']} rounds alternating A and B; speedup: the median per-round ratio of "
