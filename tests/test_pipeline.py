@@ -198,6 +198,7 @@ def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champio
     result = json.loads((tmp_path / "ab" / "compare.json").read_text())
     assert result["metrics"]["agreement/pixel_mean"] == result["metrics"]["agreement/mean_iou"] == 1.0
     assert result["latency"]["B"]["runs"] == 20 and (tmp_path / "ab" / "compare.html").is_file()
+    assert not list((tmp_path / "ab" / "disagreements").glob("*.png"))  # nowhere do they disagree
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
     (run,) = mlflow.search_runs(experiment_names=[f"{project.name}-compare"], output_format="list")
     assert run.data.tags["compare.model_a"] == f"models:/{project.name}@champion"
