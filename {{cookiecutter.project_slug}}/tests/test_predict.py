@@ -119,9 +119,10 @@ def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, tmp_pat
         predict.main([str(same), "--out", str(tmp_path / "e"), "--fail-on-drift"])
 
 
-def test_compare_two_deployables(deployable, tmp_path, runs):
+def test_compare_two_deployables(deployable, tmp_path):
     p = yaml.safe_load(paths.PARAMS.read_text())
     p["predict"]["compare"].update(top_k=3, warmup=1, rounds=3)
+    p["mlflow"]["enabled"] = False  # the MLflow run is checked on the template's pipeline (a new store costs ~8 s)
     paths.PARAMS.write_text(yaml.safe_dump(p))
     other = tmp_path / "other"  # the same architecture from another seed: a challenger that disagrees
     torch.manual_seed(1)
@@ -145,7 +146,4 @@ def test_compare_two_deployables(deployable, tmp_path, runs):
     assert result["latency"]["A"]["runs"] == 3 and result["latency"]["B"]["speedup"] > 0
     assert "Where A and B disagree most" in (out / "compare.md").read_text()
     assert (out / "compare.html").read_text().count("data:image/png;base64") == 3
-    (run,) = runs(tmp_path)
-    assert run.data.tags["compare.model_a"] == str(paths.DEPLOY_DIR)
-    assert run.data.tags["compare.model_b"] == str(other)
-    assert run.data.metrics[key] == pytest.approx(m[key])
+    assert not (tmp_path / "mlflow.db").exists()
