@@ -412,7 +412,7 @@ def main(argv=None):
             raise FileNotFoundError(f"--fail-on-drift: {args.model} has no drift reference statistics ("
                                     f"{paths.REFERENCE}, or config/{paths.REFERENCE.name} in its run); rerun dvc repro")
         args.out.mkdir(parents=True, exist_ok=True)
-        stats = drift.Statistics()
+        stats = drift.Statistics(drift.sample_mask(len(found), seed=0))  # features of at most drift.SAMPLE images
         rows, errors = predict_all(fn, info, found, args.out, args.batch_size, stats)
         if info["task"] == "classification":
             write_table(args.out / "predictions.csv", ["file", "label", *info["class_names"]], rows)
