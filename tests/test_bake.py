@@ -19,7 +19,8 @@ COMMON = {
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
         "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
-        "drift", "agreement", "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict")),
+        "drift", "agreement",
+        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
         "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
