@@ -134,6 +134,10 @@ def test_compare_two_deployables(deployable, tmp_path):
     files.write_json(other / paths.DEPLOY_INFO.name, spec)
     inputs = _synthetic_pngs(tmp_path / "in", deployable, seed=5)
     out = tmp_path / "out"
+    for wrong in (["--fail-on-drift"], ["--model", str(other)]):  # one model's options: refused, nothing run
+        with pytest.raises(SystemExit) as refused:
+            predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other), *wrong])
+        assert refused.value.code == 2 and not out.exists()
     predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other)])
     result = json.loads((out / "compare.json").read_text())
     m = result["metrics"]

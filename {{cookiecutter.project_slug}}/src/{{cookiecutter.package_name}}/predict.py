@@ -401,6 +401,8 @@ def main(argv=None):
         parser.error(f"--batch-size {args.batch_size}: must be >= 1")
     if args.compare and args.fail_on_drift:
         parser.error("--fail-on-drift checks one model's images; run it without --compare")
+    if args.compare and args.model != parser.get_default("model"):
+        parser.error("--model with --compare: give both models to --compare MODEL_A MODEL_B")
     p = params.load()
     found = find_inputs(args.inputs)
     if args.compare:
