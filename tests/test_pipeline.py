@@ -96,8 +96,7 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     artifacts = {f.path for folder in client.list_artifacts(run.info.run_id)
                  for f in client.list_artifacts(run.info.run_id, folder.path)}
     assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "config/reference.json",
-            "plots/curves.png",
-            "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
+            "plots/curves.png", "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
             "optimize/optimize.md", "robustness/robustness.html", "report/model.html"} <= artifacts
     assert run.data.tags["registry_version"] == "1" and run.data.tags["registry_decision"] == "registered"
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
