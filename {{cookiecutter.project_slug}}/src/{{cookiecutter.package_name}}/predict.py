@@ -379,8 +379,8 @@ def compare(found, uris, out, batch_size, p):
     run_id = log_compare(p["mlflow"], uris, a, metrics, [*written, out / "compare.json", out / "agreement.csv"],
                          out / "disagreements")
     headline = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("agreement/"))
-    print(f"predict --compare: {len(rows)} of {len(found)} images: {headline}; B/A speedup "
-          f"{lat['B']['speedup']:.2f}x -> {out / 'compare.md'}" + (f", MLflow run {run_id}" if run_id else ""))
+    print(f"predict --compare: {len(rows)} of {len(found)} images: {headline}; B's speedup over A "
+          f"{report.speedup_cell(lat['B'])} -> {out / 'compare.md'}" + (f", MLflow run {run_id}" if run_id else ""))
     return errors
 
 
