@@ -233,6 +233,7 @@ CASES = [
      "auto reads the classes from data/raw"),
     ("predict-missing-input", None, None, "predict nowhere.png --out predictions", {},
      "nowhere.png: no such file or folder"),
+    ("drift-alpha", _set("predict.drift.alpha", 1.5), None, PREPARE, {}, "predict.drift.alpha=1.5: must be a number"),
 ]
 # A run that fails in training ends FAILED (others open no run).
 FAILED_RUN = {"diverging-lr"}

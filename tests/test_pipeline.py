@@ -95,8 +95,8 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     assert [m.step for m in history] == [1, 2]
     artifacts = {f.path for folder in client.list_artifacts(run.info.run_id)
                  for f in client.list_artifacts(run.info.run_id, folder.path)}
-    assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "plots/curves.png",
-            "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
+    assert {"checkpoint/model.safetensors", "history/history.json", "config/params.yaml", "config/reference.json",
+            "plots/curves.png", "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
             "optimize/optimize.md", "robustness/robustness.html", "report/model.html"} <= artifacts
     assert run.data.tags["registry_version"] == "1" and run.data.tags["registry_decision"] == "registered"
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
@@ -188,6 +188,22 @@ def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champio
         local, registered = (Image.open(tmp_path / d / "masks" / f"{name}.png") for d in ("local", "champion"))
         assert local.size == registered.size == size
         assert np.array_equal(np.asarray(local), np.asarray(registered))
+    # Drift: the deployable finds its reference statistics in data/prepared, the champion in its run's artifacts.
+    local, registered = (json.loads((tmp_path / d / "drift.json").read_text()) for d in ("local", "champion"))
+    assert local["checked"] and registered["checked"] and local["images"] == 2
+    assert local["tests"] == registered["tests"]  # the same images against the same training split
+    # Champion vs challenger through the registry (one version here, under both aliases): one MLflow run.
+    sh(project, sys.executable, "-m", f"{package}.predict", str(inputs), "--out", str(tmp_path / "ab"), "--compare",
+       f"models:/{project.name}@champion", f"models:/{project.name}@challenger")
+    result = json.loads((tmp_path / "ab" / "compare.json").read_text())
+    assert result["metrics"]["agreement/pixel_mean"] == result["metrics"]["agreement/mean_iou"] == 1.0
+    assert result["latency"]["B"]["runs"] == 20 and (tmp_path / "ab" / "compare.html").is_file()
+    assert not list((tmp_path / "ab" / "disagreements").glob("*.png"))  # nowhere do they disagree
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=[f"{project.name}-compare"], output_format="list")
+    assert run.data.tags["compare.model_a"] == f"models:/{project.name}@champion"
+    assert run.data.tags["compare.model_b"] == f"models:/{project.name}@challenger"
+    assert run.data.metrics["agreement/pixel_mean"] == 1.0
 
 
 def post(port, payload):

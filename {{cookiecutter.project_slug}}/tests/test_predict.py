@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import files, models, paths, predict
+from {{ cookiecutter.package_name }} import corruptions, data, files, models, paths, predict
 
 
 @pytest.fixture
@@ -80,3 +81,73 @@ def test_missing_input_and_missing_model_are_named(project, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(FileNotFoundError, match="no deployable model"):
         predict.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
+
+
+def _synthetic_pngs(folder, info, seed, corruption=None):
+    """PNGs from the synthetic generator at the training size (a seed prepare never used), optionally under a
+    corruptions.py corruption at severity 5."""
+    images = data.make_synthetic(info["task"], 16, info["image_size"], info["num_classes"], seed)[0]
+    if corruption:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        x = corruptions.corrupt(x, corruption, 5, torch.Generator().manual_seed(0))
+        images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, tmp_path, capsys):
+    same = _synthetic_pngs(tmp_path / "same", deployable, seed=1234)
+    noisy = _synthetic_pngs(tmp_path / "noisy", deployable, seed=1234, corruption="gaussian_noise")
+    predict.main([str(same), "--out", str(tmp_path / "a"), "--fail-on-drift"])  # no exit: no drift
+    evidence = json.loads((tmp_path / "a" / "drift.json").read_text())
+    assert evidence["checked"] and not evidence["drift"] and evidence["images"] == 16
+    assert "predict: no drift detected" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        predict.main([str(noisy), "--out", str(tmp_path / "c"), "--fail-on-drift"])
+    assert stopped.value.code == predict.DRIFT_EXIT == 3
+    assert "predict: WARNING: drift" in capsys.readouterr().err  # without the flag, this warning and exit 0
+    evidence = json.loads((tmp_path / "c" / "drift.json").read_text())
+    assert evidence["drift"] and {"std_r", "std_g", "std_b"} <= set(evidence["drifted_features"])
+    if deployable["task"] == "classification":
+        assert "predicted_class_balance" in evidence
+    paths.REFERENCE.unlink()  # a model without reference statistics: said, and refused under --fail-on-drift
+    predict.main([str(same), "--out", str(tmp_path / "d")])
+    assert not json.loads((tmp_path / "d" / "drift.json").read_text())["checked"]
+    with pytest.raises(FileNotFoundError, match="no drift reference statistics"):
+        predict.main([str(same), "--out", str(tmp_path / "e"), "--fail-on-drift"])
+
+
+def test_compare_two_deployables(deployable, tmp_path):
+    p = yaml.safe_load(paths.PARAMS.read_text())
+    p["predict"]["compare"].update(top_k=3, warmup=1, rounds=3)
+    p["mlflow"]["enabled"] = False  # the MLflow run is checked on the template's pipeline (a new store costs ~8 s)
+    paths.PARAMS.write_text(yaml.safe_dump(p))
+    other = tmp_path / "other"  # the same architecture from another seed: a challenger that disagrees
+    torch.manual_seed(1)
+    model, model_args = models.for_data({"architecture": "resnet18" if deployable["task"] == "classification"
+                                         else "Unet", "encoder": "resnet18", "pretrained": False}, deployable)
+    spec = json.loads(paths.DEPLOY_INFO.read_text())
+    other.mkdir()
+    models.save_checkpoint(other / spec["file"], model.eval(), model_args, input_shape=spec["input_shape"])
+    files.write_json(other / paths.DEPLOY_INFO.name, spec)
+    inputs = _synthetic_pngs(tmp_path / "in", deployable, seed=5)
+    out = tmp_path / "out"
+    for wrong in (["--fail-on-drift"], ["--model", str(other)]):  # one model's options: refused, nothing run
+        with pytest.raises(SystemExit) as refused:
+            predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other), *wrong])
+        assert refused.value.code == 2 and not out.exists()
+    predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other)])
+    result = json.loads((out / "compare.json").read_text())
+    m = result["metrics"]
+    assert m["images"] == 16 and result["latency_batch"] == 16
+    key = "agreement/pixel_mean" if deployable["task"] == "segmentation" else "agreement/label"
+    assert 0 <= m[key] < 1  # two different random models
+    with open(out / "agreement.csv") as f:
+        assert len(list(csv.DictReader(f))) == 16
+    assert len(list((out / "disagreements").glob("*.png"))) == 3
+    assert result["latency"]["A"]["runs"] == 3 and result["latency"]["B"]["speedup"] > 0
+    assert "Where A and B disagree most" in (out / "compare.md").read_text()
+    assert (out / "compare.html").read_text().count("data:image/png;base64") == 3
+    assert not (tmp_path / "mlflow.db").exists()

@@ -68,6 +68,14 @@ def test_auto_classes_and_the_resize_note(tmp_path, monkeypatch, capsys):
     prepare.main()
     assert json.loads(paths.DATASET.read_text())["num_classes"] == 2
     assert "images of 40x30 resized to 16x16 (prepare.resize: pad)" in capsys.readouterr().out
+    # The drift reference: every train image, in the split's order, with its size before resizing.
+    reference = json.loads(paths.REFERENCE.read_text())
+    train = np.load(paths.split("train") / "images.npy")  # (N, 16, 16, 3)
+    features = np.asarray(reference["features"])
+    assert reference["images"] == reference["sampled"] == len(train) == len(features)
+    assert np.allclose(features[:, :3], train.reshape(len(train), -1, 3).mean(1), atol=1e-3)
+    assert (features[:, 6:] == [40, 30]).all()
+    assert np.asarray(reference["histogram"]).sum() == train.size
 
 
 def test_auto_classes_refused_for_synthetic_data(tmp_path, monkeypatch):

@@ -165,6 +165,10 @@ SCHEMA = {
                   "max_quality_drop": number(), "block_severity": nullable(choice(*names.SEVERITIES))},
         "promote": choice(*names.PROMOTE), "fail_on_gate": boolean,
     },
+    "predict": {
+        "drift": {"alpha": number(0, 1, lo_open=True, hi_open=True), "min_effect": number(0, 1)},
+        "compare": {"top_k": integer(1), "warmup": integer(0), "rounds": integer(3)},
+    },
     "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
                "run_name": nullable(string), "timeout_s": number(1)},
 }

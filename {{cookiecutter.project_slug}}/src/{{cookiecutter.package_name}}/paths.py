@@ -16,6 +16,7 @@ PIPELINE_WRITTEN = ("dvc.lock", "metrics/", "plots/", "reports/")
 
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset.json"  # task, classes, normalisation statistics, split sizes, data sha256
+REFERENCE = PREPARED / "reference.json"  # the train split's statistics new images are checked against (drift.py)
 
 CHECKPOINT = Path("models/model.safetensors")  # weights + constructor arguments
 DEPLOY_DIR = Path("models/deployable")

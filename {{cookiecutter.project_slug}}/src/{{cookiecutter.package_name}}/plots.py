@@ -87,3 +87,16 @@ def runs(rows, path):
            title="Runs: latency vs quality (marker area ~ parameters)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def panels(pictures, path, title=None):
+    """One row of labelled uint8 (H, W, 3) pictures: [(label, picture)]; predict --compare's disagreements."""
+    fig, axes = subplots(1, len(pictures), figsize=(2.6 * len(pictures), 2.9), squeeze=False)
+    for ax, (label, picture) in zip(axes[0], pictures, strict=True):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

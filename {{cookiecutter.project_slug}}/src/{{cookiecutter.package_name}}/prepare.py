@@ -3,23 +3,26 @@
     python -m {{ cookiecutter.package_name }}.prepare     # or: dvc repro prepare
 
 Reads params `seed` and `prepare`; writes data/prepared/{train,val,test}/{images,targets}.npy (streamed row by
-row: memory holds a few images whatever the dataset's size), data/prepared/dataset.json and
+row: memory holds a few images whatever the dataset's size), data/prepared/dataset.json,
+data/prepared/reference.json (the train split's statistics predict checks new images against, drift.py) and
 metrics/prepare.json, each whole or not at all. Folder images are decoded by `prepare.workers` processes,
 in order, so the bytes written do not depend on their number. prepare opens no MLflow run: one pipeline run
 is one MLflow run, opened by train, which logs these statistics with it.
 """
 
-from {{ cookiecutter.package_name }} import data, files, paths, stage
+from {{ cookiecutter.package_name }} import data, drift, files, paths, stage
 
 
 def synthetic(p, seed):
-    """(number of images, rows(indices), class names, num_classes, original sizes)."""
+    """(number of images, rows(indices) -> (image, target, original size), class names, num_classes, original
+    sizes seen)."""
     if p["num_classes"] == "auto":
         raise data.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
                              "synthetic data needs a number (2 for segmentation, 3 for classification)")
     images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
                                                  p["num_classes"], seed)
-    return len(images), lambda idx: ((images[i], targets[i]) for i in idx), names, p["num_classes"], []
+    size = (p["image_size"], p["image_size"])  # made at the training size: nothing is resized
+    return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, p["num_classes"], []
 
 
 def folder(p, pool):
@@ -38,16 +41,19 @@ def folder(p, pool):
                                                     max_pixels=p["max_image_pixels"],
                                                     num_classes=num_classes):
             originals.append(original)
-            yield image, target
+            yield image, target, original
     return len(items), rows, names, num_classes, originals
 
 
 def build(p, seed, out, pool):
-    """Write the three splits into folder `out`; returns (dataset description, train class counts, sizes seen)."""
+    """Write the three splits into folder `out`; returns (dataset description, train class counts, sizes seen,
+    drift reference statistics of the train split)."""
     n, rows, names, num_classes, originals = synthetic(p, seed) if p["source"] == "synthetic" else folder(p, pool)
     idx = data.split_indices(n, p["val_fraction"], p["test_fraction"], seed)
-    written = {name: data.write_split(out / paths.split(name).name, rows(i), len(i), p["image_size"], p["task"],
-                                      num_classes) for name, i in idx.items()}
+    train_stats = drift.Statistics(drift.sample_mask(len(idx["train"]), seed))  # fed as the train rows stream by
+    written = {name: data.write_split(out / paths.split(name).name,
+                                      train_stats.observe(rows(i)) if name == "train" else rows(i), len(i),
+                                      p["image_size"], p["task"], num_classes) for name, i in idx.items()}
     mean, std = data.channel_stats_from(written["train"]["sums"], written["train"]["pixels"])
     info = {
         "task": p["task"], "source": p["source"], "image_size": p["image_size"], "resize": p["resize"],
@@ -55,7 +61,8 @@ def build(p, seed, out, pool):
         "sizes": {name: len(i) for name, i in idx.items()},
         "sha256": data.digest(out / paths.split(name).name / f for name in idx for f in data.FILES),
     }
-    return info, written["train"]["counts"], originals
+    reference = drift.reference(train_stats, names, written["train"]["counts"])
+    return info, written["train"]["counts"], originals, reference
 
 
 def summary(info, train_counts):
@@ -83,8 +90,9 @@ def main():
     pp = p["prepare"]
     workers = data.resolve_workers(pp["workers"]) if pp["source"] == "folder" else 1  # synthetic: nothing to decode
     with data.pool(workers) as pool, files.atomic_path(paths.PREPARED, directory=True) as tmp:
-        info, train_counts, originals = build(pp, p["seed"], tmp, pool)
+        info, train_counts, originals, reference = build(pp, p["seed"], tmp, pool)
         files.write_json(tmp / paths.DATASET.name, info)
+        files.write_json(tmp / paths.REFERENCE.name, reference)
     if note := resized_note(originals, pp["image_size"], pp["resize"]):
         print(note)
     files.write_json(paths.metrics("prepare"), summary(info, train_counts))

@@ -155,7 +155,7 @@ def log_outputs(run, model, metrics, example):
     mlflow.log_metrics(metrics)
     for path, folder in ((paths.CHECKPOINT, "checkpoint"), (paths.HISTORY, "history"),
                          (paths.metrics("train"), "metrics"), (paths.PARAMS, "config"), (paths.DATASET, "config"),
-                         (paths.CURVES, "plots"), (paths.PREDICTIONS, "plots")):
+                         (paths.REFERENCE, "config"), (paths.CURVES, "plots"), (paths.PREDICTIONS, "plots")):
         mlflow.log_artifact(str(path), folder)
     with torch.inference_mode():  # a batch of 2: MLflow's default pt2 (torch.export) format fixes size-1 dimensions
         signature = mlflow.models.infer_signature(example, model(torch.from_numpy(example)).numpy())
