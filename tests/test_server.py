@@ -27,7 +27,6 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from mlflow.server import get_app_client
 from PIL import Image
 
 from conftest import BIN, STAGES, TINY, bake, project_env, sh
@@ -49,14 +48,15 @@ def _pg_bin():
     return Path(found).resolve().parent if found else None
 
 
-def _wait(url, proc, seconds=120):
+def _wait(url, proc, seconds=120, log=None):
     deadline = time.monotonic() + seconds
     while True:
         try:
             urllib.request.urlopen(url, timeout=2).close()
             return
         except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not come up"
+            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not come up" + (
+                f"; its log ends:\n{log.read_text(errors='replace')[-3000:]}" if log else "")
             time.sleep(0.5)
 
 
@@ -140,7 +140,7 @@ def server(tmp_path_factory):
         with open(root / "server.log", "wb") as log:
             mlflow_server = subprocess.Popen(command, cwd=project, env=project_env(project, **env), stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(f"{uri}/health", mlflow_server)
+        _wait(f"{uri}/health", mlflow_server, log=root / "server.log")
         yield types.SimpleNamespace(uri=uri, port=http_port, project=project, s3_env=s3_env, s3=s3,
                                     log=root / "server.log",
                                     dump=lambda name: subprocess.run(
@@ -204,6 +204,8 @@ def test_pipeline_against_a_team_server_postgresql_s3_and_logins(server, tmp_pat
     assert listening == {"127.0.0.1"}
     assert _status(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1") == 401
     # The admin (password from the server's environment) creates the pipeline's user; she then owns what she creates.
+    from mlflow.server import get_app_client  # here: it imports the whole server (~1 s), for this test only
+
     _login(monkeypatch, "admin", SECRETS[4])
     users = get_app_client("basic-auth", tracking_uri=uri)
     users.create_user("alice", SECRETS[0])
