@@ -154,21 +154,19 @@ def server(tmp_path_factory):
 
 
 def _files(folder):
-    return {str(p): p.read_bytes().decode(errors="replace") for p in folder.rglob("*")
-            if p.is_file() and ".git" not in p.parts}
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts}
 
 
 def _bucket(s3, bucket):
     """Every object of an S3 bucket, by s3:// URL."""
-    return {f"s3://{bucket}/{o['Key']}": s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode(
-        errors="replace") for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-        for o in page.get("Contents", [])}
+    return {f"s3://{bucket}/{o['Key']}": s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])}
 
 
 def _secrets_found(places):
-    """Where any of SECRETS shows up in `places` (name -> text)."""
-    return sorted(f"{where}: ...{text[max(0, text.index(s) - 200):text.index(s) + 40]}"
-                  for where, text in places.items() for s in SECRETS if s in text)
+    """Where any of SECRETS shows up in `places` (name -> bytes; searched as bytes: most are models and data)."""
+    return sorted(f"{where}: ...{data[max(0, data.index(s) - 200):data.index(s) + 40].decode(errors='replace')}"
+                  for where, data in places.items() for s in (s.encode() for s in SECRETS) if s in data)
 
 
 def _login(monkeypatch, user, password):
@@ -273,12 +271,12 @@ def test_pipeline_against_a_team_server_postgresql_s3_and_logins(server, tmp_pat
     assert sh(clone, "dvc", "metrics", "diff").strip() == ""
     assert (clone / "models/model.safetensors").read_bytes() == (project / "models/model.safetensors").read_bytes()
 
-    places = {"command output": "\n".join([first, out, pulled]),
-              "git history": sh(project, "git", "log", "-p", "--all"),
-              "server log": server.log.read_text(errors="replace"), "tracking database": server.dump("mlflow"),
-              "users database (password hashes only)": server.dump("mlflow_auth"),
-              **_files(project), **_files(clone), **_bucket(server.s3, "mlflow"), **_bucket(server.s3, "dvc")}
+    # (The DVC bucket and the clone hold copies of the project's files, searched here.)
+    texts = {"command output": "\n".join([first, out, pulled]), "git history": sh(project, "git", "log", "-p", "--all"),
+             "server log": server.log.read_text(errors="replace"), "tracking database": server.dump("mlflow"),
+             "users database (password hashes only)": server.dump("mlflow_auth")}
     for run_id in (run.info.run_id, rerun.info.run_id):
         data = client.get_run(run_id).data
-        places[f"run {run_id} params and tags"] = json.dumps([data.params, data.tags])
+        texts[f"run {run_id} params and tags"] = json.dumps([data.params, data.tags])
+    places = {**{k: v.encode() for k, v in texts.items()}, **_files(project), **_bucket(server.s3, "mlflow")}
     assert _secrets_found(places) == []
