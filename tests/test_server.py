@@ -74,13 +74,13 @@ def _status(url, user=None, password=None):
 
 def _stop(proc):
     """Stop a process started in its own session and everything it started (make -> mlflow server -> uvicorn
-    workers): make itself exits at once, the server a little later."""
+    workers): make itself exits at once, the server a little later (killed after 5 s: its store is PostgreSQL's)."""
     if proc is None:
         return
     group = [p for p in psutil.process_iter() if _pgid(p.pid) == proc.pid]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(group, timeout=30)
+    _, alive = psutil.wait_procs(group, timeout=5)
     for p in alive:
         p.kill()
     proc.wait(30)
