@@ -198,8 +198,12 @@ def test_makefile_and_pre_commit(case):
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui",
-            "serve", "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui", "server", "serve",
+            "push"} <= targets
+    # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it).
+    dry = subprocess.run([make, "-n", "server", "AUTH=1"], cwd=project, capture_output=True, text=True,
+                         check=True).stdout
+    assert dry.strip() == 'uv run mlflow server --host "${MLFLOW_HOST:-127.0.0.1}" --app-name basic-auth'
     dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
     assert dry.strip() == "uv run dvc exp run -S lr=0.003"
