@@ -25,6 +25,17 @@ TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs
                                "max_quality_drop": 1.0, "block_severity": "high"}}}
 
 
+# Files whose few tests run whole pipelines, longest first. xdist hands a worker a whole file (--dist loadfile)
+# and would order files by their number of tests, leaving these to start last and run alone at the end; started
+# first, the many short files fill the other worker around them (pytest.ini turns xdist's reordering off).
+LONGEST_FIRST = ("test_pipeline.py", "test_server.py", "test_team.py", "test_project.py", "test_bad_input.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+
+
 def bake(output_dir, **context):
     """Generate a project with the given answers (the rest default); returns its directory."""
     return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
