@@ -148,8 +148,8 @@ def energy_rows(run_data):
             for s in STAGES_MEASURED if f"{s}/energy_kwh" in m]
 
 
-def interval(value, low, high):
-    return f"{value:.4f} (95% interval {low:.4f} to {high:.4f})"
+def interval(value, low, high, unit=""):
+    return f"{value:.4f}{unit} (95% interval {low:.4f}{unit} to {high:.4f}{unit})"
 
 
 def gate_verdict(gates):
@@ -180,13 +180,14 @@ def card_summary(info, tags, gates, outcome, robustness_r, optimize_m, analyze_m
                   clean["deployable"][f"{metric}_ci_high"])),
         ("deployable batch-1 latency", f"{optimize_m['deployable/p50_ms_batch_1']:.2f} ms p50, speedup "
          + interval(optimize_m["deployable/speedup_batch_1"], optimize_m["deployable/speedup_batch_1_ci_low"],
-                    optimize_m["deployable/speedup_batch_1_ci_high"])),
+                    optimize_m["deployable/speedup_batch_1_ci_high"], "x")),
         ("robustness score", f"{s['score']:.3f} ({s['level']}; PGD / clean at epsilon {s['declared_epsilon']}/255)"),
         ("explanations", f"Grad-CAM on {analyze_m['explain/images']} test images; {analyze_m['explain/flagged']} "
                          "flagged by the model-randomisation check (map unchanged with random weights)"),
         ("energy", f"{sum(r['energy_kwh'] for r in energy):.3g} kWh, "
                    f"{sum(r['emissions_kg_co2eq'] for r in energy):.3g} kg CO2eq over "
-                   f"{', '.join(r['stage'] for r in energy)} (codecarbon; method below)" if energy
+                   f"{', '.join(r['stage'] for r in energy)}; codecarbon: "
+                   f"{' | '.join(dict.fromkeys(r['method'] for r in energy))}" if energy
          else "not measured (mlflow.enabled or mlflow.energy.enabled is false)"),
         ("gates", gate_verdict(gates)),
         ("registry", f"version {outcome['version']} of {outcome['model']}, champion: version "
