@@ -148,8 +148,8 @@ def energy_rows(run_data):
             for s in STAGES_MEASURED if f"{s}/energy_kwh" in m]
 
 
-def interval(value, low, high, unit=""):
-    return f"{value:.4f}{unit} (95% interval {low:.4f}{unit} to {high:.4f}{unit})"
+def interval(value, low, high, unit="", digits=4):
+    return f"{value:.{digits}f}{unit} (95% interval {low:.{digits}f}{unit} to {high:.{digits}f}{unit})"
 
 
 def gate_verdict(gates):
@@ -180,7 +180,7 @@ def card_summary(info, tags, gates, outcome, robustness_r, optimize_m, analyze_m
                   clean["deployable"][f"{metric}_ci_high"])),
         ("deployable batch-1 latency", f"{optimize_m['deployable/p50_ms_batch_1']:.2f} ms p50, speedup "
          + interval(optimize_m["deployable/speedup_batch_1"], optimize_m["deployable/speedup_batch_1_ci_low"],
-                    optimize_m["deployable/speedup_batch_1_ci_high"], "x")),
+                    optimize_m["deployable/speedup_batch_1_ci_high"], "x", digits=2)),
         ("robustness score", f"{s['score']:.3f} ({s['level']}; PGD / clean at epsilon {s['declared_epsilon']}/255)"),
         ("explanations", f"Grad-CAM on {analyze_m['explain/images']} test images; {analyze_m['explain/flagged']} "
                          "flagged by the model-randomisation check (map unchanged with random weights)"),

@@ -325,27 +325,27 @@ def stop_energy(tracker):
 
 
 def energy_method(tracker):
-    """How codecarbon measured or estimated each part ("CPU: RAPL energy counters (measured), AMD EPYC 7B13;
-    GPU: ...; RAM: ..."), from the hardware it set up."""
-    parts = []
+    """How codecarbon measured or estimated each part, CPU first ("CPU: RAPL energy counters (measured), AMD EPYC
+    7B13; GPU: none found; RAM: ..."), from the hardware it set up."""
+    parts = {}
     for hw in tracker._hardware:  # codecarbon keeps no public list of its methods
         kind = type(hw).__name__
         if kind == "CPU":
             mode = getattr(hw, "_mode", "unknown")
             how = CPU_METHODS.get(mode, mode)
-            if mode in ("cpu_load", "constant"):
-                how += f", TDP {hw._tdp} W" + (" (generic: CPU model not in codecarbon's table)"
-                                               if getattr(hw, "_is_generic_tdp", False) else "")
-            parts.append(f"CPU: {how}, {hw.get_model() or 'model unknown'}")
+            if mode in ("cpu_load", "constant"):  # codecarbon's TDP for the model x physical CPUs, or its fallback
+                how += f", full load = {hw._tdp} W" + (" (generic: CPU model not in codecarbon's table)"
+                                                       if getattr(hw, "_is_generic_tdp", False) else "")
+            parts["CPU"] = f"CPU: {how}, {hw.get_model() or 'model unknown'}"
         elif kind == "GPU":
-            parts.append(f"GPU: NVML power readings (measured), {tracker._conf.get('gpu_model') or 'model unknown'}")
+            parts["GPU"] = f"GPU: NVML power readings (measured), {tracker._conf.get('gpu_model') or 'model unknown'}"
         elif kind == "RAM":
-            parts.append("RAM: codecarbon's power model per GB in use (estimated)")
+            parts["RAM"] = "RAM: codecarbon's power model per GB in use (estimated)"
         else:
-            parts.append(f"{kind}: {hw.description()}")
-    if not any(p.startswith("GPU") for p in parts):
-        parts.append("GPU: none found")
-    return "; ".join(parts)
+            parts[kind] = f"{kind}: {hw.description()}"
+    parts.setdefault("GPU", "GPU: none found")
+    order = ["CPU", "GPU", "RAM"]
+    return "; ".join(parts[k] for k in sorted(parts, key=lambda k: order.index(k) if k in order else len(order)))
 
 
 def log_energy(tracker, stage_name, country):
