@@ -84,7 +84,8 @@ def draw_explanations(x, y, result, class_names, task_name, path):
     plots.explanations(x, y, result["predictions"], {"Grad-CAM": result["trained"],
                                                       "Grad-CAM, random weights": result["randomised"]},
                        {"Grad-CAM, random weights": notes}, task_name, class_names, path,
-                       title=f"Grad-CAM at model layer '{result['layer']}'; model-randomisation check (Adebayo et al. 2018)")
+                       title=f"Grad-CAM at model layer '{result['layer']}'; model-randomisation check "
+                             "(Adebayo et al. 2018)")
 
 
 def render_html(summary, metrics, rows):
