@@ -181,6 +181,15 @@ def test_energy_is_logged_into_the_run_off_by_a_param_and_nothing_goes_into_the_
     assert not any(k.endswith("energy_kwh") for k in off.data.metrics)
     assert {p.name for p in tmp_path.iterdir()} <= {"mlflow.db", "mlflow.db.lock", "mlruns"}  # no emissions.csv
 
+    class Failed:  # codecarbon swallows its own errors: a tracker that failed has no data at stop
+        def stop(self):
+            pass
+
+    with mlflow.start_run() as run:
+        tracking.log_energy(Failed(), "stage_x", "FRA")
+    failed = mlflow.get_run(run.info.run_id).data
+    assert failed.tags["stage_x.energy_method"].startswith("not measured") and not failed.metrics
+
 
 def test_an_unknown_country_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"mlflow.energy.country='XYZ'.*enabled: false"):

@@ -352,7 +352,10 @@ def log_energy(tracker, stage_name, country):
     """Stop the tracker; log <stage>/energy_kwh, <stage>/emissions_kg_co2eq, <stage>/energy_duration_s and the
     method (tag <stage>.energy_method) into the active run."""
     tracker.stop()
-    d = tracker.final_emissions_data
+    d = getattr(tracker, "final_emissions_data", None)
+    if d is None:  # codecarbon's start and stop swallow their own exceptions: say so rather than log zeros
+        mlflow.set_tag(f"{stage_name}.energy_method", "not measured: codecarbon failed (its errors are logged above)")
+        return
     mlflow.log_metrics({f"{stage_name}/energy_kwh": d.energy_consumed, f"{stage_name}/emissions_kg_co2eq": d.emissions,
                         f"{stage_name}/energy_duration_s": d.duration})
     mlflow.set_tags({f"{stage_name}.energy_method": energy_method(tracker), "energy_country": country})
