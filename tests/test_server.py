@@ -133,6 +133,9 @@ def test_pipeline_against_an_mlflow_server_on_postgresql(server, tmp_path):
     assert any(artifacts.rglob("model.html"))  # proxied: stored by the server, not by the client
     champion = client.get_model_version_by_alias(project.name, "champion")
     assert champion.run_id == run.info.run_id and champion.tags["run_id"] == run.info.run_id
+    # The model card as the version's description: within PostgreSQL's VARCHAR(5000) for it
+    assert champion.description.startswith("# Model report") and len(champion.description) <= 5000
+    assert run.data.metrics["register/energy_kwh"] > 0 and "analyze/explain/images" in run.data.metrics
     security = json.loads((project / "reports/robustness.json").read_text())["security"]
     assert next(f for f in security if f["check"] == "tracking-config")["status"] == "PASS"  # loopback
 

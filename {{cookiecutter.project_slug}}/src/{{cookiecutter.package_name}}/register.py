@@ -174,13 +174,15 @@ def card_summary(info, tags, gates, outcome, robustness_r, optimize_m, analyze_m
         ("environment", f"Python {env['python_version']}, torch {env['torch_version']} ({env['torch_build']}), "
                         f"{env['platform']}; lock sha256 {env['lock_sha256']}, matches: {env['lock_matches']}"),
         (f"test {metric}, fp32", interval(clean["fp32"][metric], clean["fp32"][f"{metric}_ci_low"],
-                                          clean["fp32"][f"{metric}_ci_high"]) + f" on {s['subset']} test images"),
+                                          clean["fp32"][f"{metric}_ci_high"])
+         + f" on robustness' seeded subset of {s['subset']} test images"),
         (f"test {metric}, deployable ({s['deployable']})",
          interval(clean["deployable"][metric], clean["deployable"][f"{metric}_ci_low"],
                   clean["deployable"][f"{metric}_ci_high"])),
         ("deployable batch-1 latency", f"{optimize_m['deployable/p50_ms_batch_1']:.2f} ms p50, speedup "
          + interval(optimize_m["deployable/speedup_batch_1"], optimize_m["deployable/speedup_batch_1_ci_low"],
-                    optimize_m["deployable/speedup_batch_1_ci_high"], "x", digits=2)),
+                    optimize_m["deployable/speedup_batch_1_ci_high"], "x", digits=2)
+         + ("" if optimize_m.get("deployable/latency_reliable", 1) else " UNRELIABLE (a busy machine: see optimize)")),
         ("robustness score", f"{s['score']:.3f} ({s['level']}; PGD / clean at epsilon {s['declared_epsilon']}/255)"),
         ("explanations", f"Grad-CAM on {analyze_m['explain/images']} test images; {analyze_m['explain/flagged']} "
                          "flagged by the model-randomisation check (map unchanged with random weights)"),
