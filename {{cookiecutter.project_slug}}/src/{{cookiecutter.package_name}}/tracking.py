@@ -1,4 +1,5 @@
-"""Where runs go: the tracking store resolved once, from the repository root, and checked before work starts.
+"""Where runs go: the tracking store resolved once, from the repository root, and checked before work starts;
+and what every tracked stage logs as its run closes, its energy (codecarbon, offline).
 
 Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themselves.
 
