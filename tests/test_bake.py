@@ -18,13 +18,14 @@ COMMON = {
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
+        "explain",
         "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
         "drift", "agreement",
         "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict", "pr_report")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
         "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
-        "test_serving", "test_images", "test_prepare", "test_predict", "test_pr_report", "test_drift",
+        "test_serving", "test_images", "test_prepare", "test_predict", "test_pr_report", "test_drift", "test_explain",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}

@@ -75,7 +75,17 @@ def test_dvc_metrics_written(pipeline):
     assert register["passed"] == register["registered"] == 1 and register["version"] == 1
     assert register["champion_version"] == 1 and register["gate/min_quality/passed"] == 1
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json"))["data"]
-    assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png"} <= set(plots)
+    assert {"loss", metric, "plots/train/curves.png", "plots/train/predictions.png",
+            "plots/analyze/explanations.png"} <= set(plots)
+    # Grad-CAM on analyze.explain.images (4) test images; each checked against a randomly initialised twin
+    analyzed = files["metrics/analyze.json"]["data"]
+    assert analyzed["explain/images"] == 4 and 0 <= analyzed["explain/flagged"] <= 4
+    explained = json.loads((project / "reports/analyze.json").read_text())["summary"]["explain"]
+    assert len(explained["test_images"]) == len(set(explained["test_images"])) == 4
+    for row in explained["rows"]:
+        assert row["spearman"] is None or -1 <= row["spearman"] <= 1
+        assert row["flagged"] == (row["note"] == "trained map constant" or (
+            row["spearman"] is not None and row["spearman"] > explained["max_rank_correlation"]))
 
 
 def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
@@ -99,6 +109,19 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
             "plots/curves.png", "plots/predictions.png", "metrics/train.json", "analyze/analyze.html",
             "optimize/optimize.md", "robustness/robustness.html", "report/model.html"} <= artifacts
     assert run.data.tags["registry_version"] == "1" and run.data.tags["registry_decision"] == "registered"
+    assert {"analyze/explanations.png", "report/model_card.md"} <= artifacts
+    assert run.data.metrics["analyze/explain/flagged"] == analyzed["explain/flagged"]
+    assert sum(k.startswith("analyze/explain/randomisation_spearman/image_") for k in run.data.metrics) == sum(
+        k.startswith("explain/randomisation_spearman/image_") for k in analyzed)
+    # Energy of every stage that logs into the run, with the method codecarbon used (offline: nothing leaves)
+    for stage in STAGES[1:]:
+        assert run.data.metrics[f"{stage}/energy_kwh"] > 0 and run.data.metrics[f"{stage}/emissions_kg_co2eq"] > 0
+        assert run.data.tags[f"{stage}.energy_method"].startswith("CPU: ")
+    assert run.data.tags["energy_country"] == "USA" and not list(project.rglob("emissions*.csv"))
+    # The registry shows the model card: the registered version's description
+    card = client.get_model_version(project.name, "1").description
+    assert card.startswith("# Model report") and len(card) <= 5000
+    assert "| gates | passed: all 5 gates |" in card and "model-randomisation check" in card and "kWh" in card
     # Artifacts live under the project root, where the sqlite store is, not in a working directory.
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
 
@@ -278,7 +301,16 @@ def test_model_report_renders_with_its_images(pipeline, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", (tmp_path / "report.html").as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
     loaded = dom.split("<title>")[1].split("</title>")[0].split(",")
-    assert loaded == ["true"] * 4, loaded  # curves, predictions, Pareto plot, robustness curve
+    assert loaded == ["true"] * 5, loaded  # curves, predictions, explanations, Pareto plot, robustness curve
+    text = re.sub(r"<[^>]+>", " ", dom.split("<body>")[1])
+    summary = text.split("Summary")[1].split("Gates:")[0]  # the model card comes first
+    for field in ("task", "data sha256", "git commit", "environment", "95% interval", "robustness score",
+                  "explanations", "energy", "passed: all 5 gates"):
+        assert field in summary, field
+    assert "Params that differ from the generated params.yaml" in text and "train.epochs" in text
+    assert "model-randomisation check" in text and "rank correlation, trained vs random weights" in text
+    assert "emissions_kg_co2eq" in text and "CPU: " in text  # energy per stage and how it was estimated
+    assert not re.search(r"<td>(True|False)</td>", page)  # verdicts in words
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, "--window-size=1200,3000", f"--screenshot={shot}",
                     (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120)
@@ -405,6 +437,7 @@ def test_failing_gate_registers_nothing_and_fails_only_when_asked(pipeline):
     out = sh(project, "dvc", "exp", "run", "-S", "register.gates.min_quality=2")
     assert "Running stage 'register'" in out and "Running stage 'train'" not in out
     assert "not registered: gates not passed: min_quality" in out
+    assert "failed: 1 of 5 gates (min_quality)" in (project / "reports/model.html").read_text()
     decision = json.loads((project / "metrics/register.json").read_text())
     assert decision["passed"] == decision["registered"] == 0 and decision["gate/min_quality/passed"] == 0
     out = sh(project, "dvc", "exp", "run", "-S", "register.fail_on_gate=true", ok=False)

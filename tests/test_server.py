@@ -226,6 +226,9 @@ def test_pipeline_against_a_team_server_postgresql_s3_and_logins(server, tmp_pat
     assert any(key.endswith("/report/model.html") for key in _bucket(server.s3, "mlflow"))
     champion = client.get_model_version_by_alias(project.name, "champion")
     assert champion.run_id == run.info.run_id and champion.tags["run_id"] == run.info.run_id
+    # The model card as the version's description: within PostgreSQL's VARCHAR(5000) for it
+    assert champion.description.startswith("# Model report") and len(champion.description) <= 5000
+    assert run.data.metrics["register/energy_kwh"] > 0 and "analyze/explain/images" in run.data.metrics
     security = json.loads((project / "reports/robustness.json").read_text())["security"]
     assert next(f for f in security if f["check"] == "tracking-config")["status"] == "PASS"  # loopback
 

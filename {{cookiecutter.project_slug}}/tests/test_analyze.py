@@ -64,6 +64,12 @@ def test_analyze_stage_logs_into_the_pipeline_run(trained, runs):
     assert m["latency/batch_1/p50_ms"] > 0 and "latency/batch_2/p90_ms" in m
     assert report["summary"]["protocol"]["runs"] == 5 and report["layers"]
     assert "<table>" in (trained / "reports/analyze.html").read_text()
+    explained = report["summary"]["explain"]
+    assert m["explain/images"] == len(explained["rows"]) == len(explained["test_images"]) > 0
+    assert m["explain/flagged"] == sum(r["flagged"] for r in explained["rows"])
+    assert (trained / "plots/analyze/explanations.png").read_bytes().startswith(b"\x89PNG")
     (run,) = runs(trained)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["analyze/params/total"] == m["params/total"]
+    assert run.data.metrics["analyze/explain/images"] == m["explain/images"]
+    assert run.data.metrics["train/energy_kwh"] > 0 and run.data.metrics["analyze/energy_kwh"] > 0

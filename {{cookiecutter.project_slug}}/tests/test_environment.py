@@ -75,5 +75,7 @@ def test_model_report_shows_the_environment(tmp_path, monkeypatch):
     shutil.copy(LOCK, tmp_path / "uv.lock")
     monkeypatch.chdir(tmp_path)
     robustness = {"summary": {"metric": "dice", "score": 0.5, "level": "medium"}, "security": []}
-    page = register.render_report("T", [], {}, {}, {}, {"deployable": "fp32", "variants": {}}, robustness)
+    explained = {"layer": "layer2", "max_rank_correlation": 0.5, "test_images": [], "rows": []}
+    page = register.render_report("T", [], None, [], [], {}, {}, {"explain/flagged": 0, "explain/images": 0},
+                                  explained, {"deployable": "fp32", "variants": {}}, robustness)
     assert "Environment" in page and environment.lock_sha256() in page and environment.torch_build() in page

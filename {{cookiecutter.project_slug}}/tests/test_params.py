@@ -112,3 +112,14 @@ def test_a_duplicated_key_is_an_error_not_a_silent_choice(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 1\nlr: 0.1\nseed: 2\n")
     with pytest.raises(params.ParamsError, match=r"YAML \(duplicate key 'seed'; keep one of them in .*line 3"):
         params.load(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("value", ["usa", "US", "United States", 840])
+def test_the_energy_country_is_a_three_letter_code(value):
+    (error,) = errors_with(mlflow__energy__country=value)
+    assert error.startswith("mlflow.energy.country=") and "ISO 3166-1 alpha-3" in error
+
+
+def test_the_randomisation_threshold_is_a_correlation():
+    (error,) = errors_with(analyze__explain__max_rank_correlation=1.5)
+    assert "must be a number in [-1, 1]" in error

@@ -192,7 +192,7 @@ def main():
     input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
     task_name, num_classes = model_args["task"], model_args["num_classes"]
     metric = task.primary_metric(task_name)
-    with tracking.pipeline_run(p["mlflow"]) as run, tempfile.TemporaryDirectory() as tmp:
+    with tracking.pipeline_run(p["mlflow"], "optimize") as run, tempfile.TemporaryDirectory() as tmp:
         variants, notes = build_variants(model, model_args, input_shape, op, p["seed"],
                                          data.load_split(paths.split("train"))[0], Path(tmp))
         table = measure_variants(variants, input_shape, lat, data.load_split(paths.split("test")), task_name,

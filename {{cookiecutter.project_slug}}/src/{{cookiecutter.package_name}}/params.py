@@ -73,6 +73,12 @@ def store_uri(v):
                 "MLFLOW_TRACKING_TOKEN) for a server, PGPASSWORD or ~/.pgpass for PostgreSQL")
 
 
+def country(v):
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Z]{3}", v):
+        return ("must be a three-letter ISO 3166-1 alpha-3 country code in capitals (USA, FRA, DEU, GBR, IND, ...): "
+                "codecarbon's carbon intensity of that country's grid")
+
+
 def shown(v):
     """A value as an error message may show it: credentials in a URI masked."""
     if isinstance(v, str):
@@ -144,7 +150,8 @@ SCHEMA = {
                     "crop_scale": nullable(pair(number(0, 1, lo_open=True)))},
     },
     "analyze": {"batch_size": integer(1), "warmup": integer(0), "runs": integer(3), "threads": nullable(integer(1)),
-                "max_p90_p50": number(1)},
+                "max_p90_p50": number(1),
+                "explain": {"images": integer(1), "max_rank_correlation": number(-1, 1)}},
     "optimize": {
         "quantization": {"enabled": boolean, "calibration_images": integer(1), "calibration_batch_size": integer(1)},
         "pruning": {"enabled": boolean, "amount": number(0, 1, hi_open=True)},
@@ -170,7 +177,8 @@ SCHEMA = {
         "compare": {"top_k": integer(1), "warmup": integer(0), "rounds": integer(3)},
     },
     "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
-               "run_name": nullable(string), "timeout_s": number(1)},
+               "run_name": nullable(string), "timeout_s": number(1),
+               "energy": {"enabled": boolean, "country": country}},
 }
 
 

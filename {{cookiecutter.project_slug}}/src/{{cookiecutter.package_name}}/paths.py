@@ -27,6 +27,7 @@ RUN_FILE = Path("metrics/mlflow.json")  # the pipeline's MLflow run, opened by t
 HISTORY = Path("plots/train/history.json")
 CURVES = Path("plots/train/curves.png")
 PREDICTIONS = Path("plots/train/predictions.png")
+EXPLANATIONS = Path("plots/analyze/explanations.png")  # Grad-CAM maps, trained vs randomised weights
 PARETO = Path("plots/optimize/pareto.png")
 ROBUSTNESS_CURVE = Path("plots/robustness/curve.json")
 ROBUSTNESS_CURVE_PNG = Path("plots/robustness/curve.png")

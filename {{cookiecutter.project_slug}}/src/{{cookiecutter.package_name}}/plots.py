@@ -1,5 +1,5 @@
 """Every figure the project draws, as PNG files: training curves, sample predictions, the optimisation variants'
-latency vs quality, the robustness curve, and compare's runs. Each takes plain values and a path.
+latency vs quality, the robustness curve, explanation maps, and compare's runs. Each takes plain values and a path.
 
 matplotlib's object API (Figure, not pyplot): no global backend or figure state, no display needed (CI,
 servers, DVC queue workers).
@@ -50,6 +50,36 @@ def predictions(images, targets, preds, task, class_names, path):
             ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_title(f"{class_names[p]}\n(true: {class_names[t]})", fontsize=8,
                          color="green" if p == t else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def explanations(images, targets, preds, maps, notes, task, class_names, path, title=""):
+    """One row per image, labelled columns: input, truth, prediction, then each of `maps` ({column title:
+    (B, H, W) maps in [0, 1]}) over the image; a map's per-image note (`notes`: {title: [str]}) goes under it."""
+    columns = ["input", "truth", "prediction", *maps]
+    n = len(images)
+    fig, axes = subplots(n, len(columns), figsize=(2.2 * len(columns), 2.3 * n + 0.4), squeeze=False)
+    for i, row in enumerate(axes):
+        img = images[i].permute(1, 2, 0).numpy()  # (H, W, 3)
+        for ax, column in zip(row, columns, strict=True):
+            ax.imshow(img)
+            ax.axis("off")
+            if task == "segmentation" and column in ("truth", "prediction"):
+                mask = (targets if column == "truth" else preds)[i].numpy()
+                ax.imshow(np.ma.masked_equal(mask, 0), cmap="cool", alpha=0.7, vmin=1,
+                          vmax=max(len(class_names) - 1, 1), interpolation="nearest")
+            elif column in ("truth", "prediction"):
+                label = class_names[int((targets if column == "truth" else preds)[i])]
+                ax.text(0.5, -0.08, label, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+            elif column in maps:
+                ax.imshow(maps[column][i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                if column in notes:
+                    ax.text(0.5, -0.08, notes[column][i], transform=ax.transAxes, ha="center", va="top", fontsize=8)
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

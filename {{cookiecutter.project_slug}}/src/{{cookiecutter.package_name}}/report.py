@@ -19,7 +19,16 @@ CSS = ("body { font-family: sans-serif; margin: 2em; max-width: 80em } "
 
 
 def cell(v):
-    return html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
+    """A value as a table shows it: floats to 4 decimals (small ones in scientific notation), booleans as words.
+
+    >>> cell(True), cell(0.5), cell(2.5e-07)
+    ('yes', '0.5000', '2.500e-07')
+    """
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3e}" if v and abs(v) < 1e-3 else f"{v:.4f}"
+    return html.escape(str(v))
 
 
 def rows_table(rows, keys=None):
@@ -37,7 +46,7 @@ def markdown(rows):
     if not rows:
         return "(none)\n"
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: ("yes" if v else "no") if isinstance(v, bool) else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
             + "".join("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
 

@@ -165,7 +165,7 @@ def main():
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(images), generator=g)[:rp["subset"]]
     x, y = data.to_float(images[pick]), targets[pick]
-    with tracking.pipeline_run(p["mlflow"]) as run:
+    with tracking.pipeline_run(p["mlflow"], "robustness") as run:
         def ev(fn, inputs):
             return evaluate(fn, inputs, y, task_name, num_classes, rp["batch_size"], rp["bootstrap_resamples"], seed)
 

@@ -1,4 +1,5 @@
-"""Where runs go: the tracking store resolved once, from the repository root, and checked before work starts.
+"""Where runs go: the tracking store resolved once, from the repository root, and checked before work starts;
+and what every tracked stage logs as its run closes, its energy (codecarbon, offline).
 
 Not a wrapper: stages call mlflow.log_params / log_metrics / log_artifact themselves.
 
@@ -260,23 +261,105 @@ def resume(cfg):
 
 
 @contextlib.contextmanager
-def closing(start):
+def closing(start, stage_name=None, cfg=None):
     """Yield start() (an MLflow run, or None with tracking off) and end the active run FINISHED, FAILED, or
     KILLED (Ctrl-C; SIGTERM once routed to KeyboardInterrupt), never RUNNING. The run is opened inside, so
     a signal that lands while it opens is caught too: MLflow's own exit hook would mark it FINISHED, and
-    mlflow.start_run's context manager calls an interrupt FAILED."""
+    mlflow.start_run's context manager calls an interrupt FAILED.
+
+    With `cfg` (params' mlflow section) and mlflow.energy.enabled, the stage's energy is measured from the
+    run's opening to its end and logged into it (log_energy): every tracked stage gets it here, once."""
+    tracker = None
     try:
-        yield start()
+        run = start()
+        if run is not None and cfg is not None and cfg["energy"]["enabled"]:
+            tracker = energy_tracker(cfg["energy"]["country"], stage_name)
+        yield run
     except KeyboardInterrupt:
+        stop_energy(tracker)
         if mlflow.active_run():
             mlflow.end_run("KILLED")
         raise
     except BaseException:
+        stop_energy(tracker)
         if mlflow.active_run():
             mlflow.end_run("FAILED")
         raise
     if mlflow.active_run():
+        if tracker is not None:
+            log_energy(tracker, stage_name, cfg["energy"]["country"])
         mlflow.end_run("FINISHED")
+
+
+# --- energy (codecarbon) ------------------------------------------------------------------------------------
+
+# codecarbon's CPU modes (codecarbon.core.resource_tracker / external.hardware), in words for the report.
+CPU_METHODS = {"intel_rapl": "RAPL energy counters (measured)", "windows_emi": "Windows energy meter (measured)",
+               "intel_power_gadget": "Intel Power Gadget (measured)", "apple_powermetrics": "powermetrics (measured)",
+               "cpu_load": "CPU load x TDP (estimated)", "constant": "50% of TDP (constant estimate)"}
+
+
+def energy_tracker(country, stage_name):
+    """codecarbon's offline tracker, started: no network, nothing written to files, quiet (errors only).
+    tracking_mode="process": this stage's own CPU share and memory, not other jobs' on a shared machine."""
+    import logging
+
+    from codecarbon import OfflineEmissionsTracker
+    from codecarbon.input import DataSource
+
+    known = DataSource().get_global_energy_mix_data()
+    if country not in known:
+        raise ValueError(f"mlflow.energy.country={country!r}: codecarbon has no carbon intensity for it; use an ISO "
+                         f"3166-1 alpha-3 code it knows ({', '.join(sorted(known)[:8])}, ...; "
+                         "codecarbon/data/private_infra/global_energy_mix.json) or set mlflow.energy.enabled: false")
+    # Its logger says INFO lines and a warning at every start, before log_level applies.
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    tracker = OfflineEmissionsTracker(country_iso_code=country, project_name=stage_name, output_methods=[],
+                                      log_level="error", tracking_mode="process", allow_multiple_runs=True)
+    tracker.start()
+    return tracker
+
+
+def stop_energy(tracker):
+    if tracker is not None:
+        tracker.stop()
+
+
+def energy_method(tracker):
+    """How codecarbon measured or estimated each part, CPU first ("CPU: RAPL energy counters (measured), AMD EPYC
+    7B13; GPU: none found; RAM: ..."), from the hardware it set up."""
+    parts = {}
+    for hw in tracker._hardware:  # codecarbon keeps no public list of its methods
+        kind = type(hw).__name__
+        if kind == "CPU":
+            mode = getattr(hw, "_mode", "unknown")
+            how = CPU_METHODS.get(mode, mode)
+            if mode in ("cpu_load", "constant"):  # codecarbon's TDP for the model x physical CPUs, or its fallback
+                how += f", full load = {hw._tdp} W" + (" (generic: CPU model not in codecarbon's table)"
+                                                       if getattr(hw, "_is_generic_tdp", False) else "")
+            parts["CPU"] = f"CPU: {how}, {hw.get_model() or 'model unknown'}"
+        elif kind == "GPU":
+            parts["GPU"] = f"GPU: NVML power readings (measured), {tracker._conf.get('gpu_model') or 'model unknown'}"
+        elif kind == "RAM":
+            parts["RAM"] = "RAM: codecarbon's power model per GB in use (estimated)"
+        else:
+            parts[kind] = f"{kind}: {hw.description()}"
+    parts.setdefault("GPU", "GPU: none found")
+    order = ["CPU", "GPU", "RAM"]
+    return "; ".join(parts[k] for k in sorted(parts, key=lambda k: order.index(k) if k in order else len(order)))
+
+
+def log_energy(tracker, stage_name, country):
+    """Stop the tracker; log <stage>/energy_kwh, <stage>/emissions_kg_co2eq, <stage>/energy_duration_s and the
+    method (tag <stage>.energy_method) into the active run."""
+    tracker.stop()
+    d = getattr(tracker, "final_emissions_data", None)
+    if d is None:  # codecarbon's start and stop swallow their own exceptions: say so rather than log zeros
+        mlflow.set_tag(f"{stage_name}.energy_method", "not measured: codecarbon failed (its errors are logged above)")
+        return
+    mlflow.log_metrics({f"{stage_name}/energy_kwh": d.energy_consumed, f"{stage_name}/emissions_kg_co2eq": d.emissions,
+                        f"{stage_name}/energy_duration_s": d.duration})
+    mlflow.set_tags({f"{stage_name}.energy_method": energy_method(tracker), "energy_country": country})
 
 
 def start(cfg, default_name, tags):
@@ -289,10 +372,10 @@ def start(cfg, default_name, tags):
     return run
 
 
-def pipeline_run(cfg):
-    """The stages after train: `with tracking.pipeline_run(p["mlflow"]) as run:` reopens train's run (None with
-    tracking off) and ends it as closing() says."""
-    return closing(lambda: resume(cfg))
+def pipeline_run(cfg, stage_name):
+    """The stages after train: `with tracking.pipeline_run(p["mlflow"], "analyze") as run:` reopens train's run
+    (None with tracking off), measures the stage's energy and ends the run as closing() says."""
+    return closing(lambda: resume(cfg), stage_name, cfg)
 
 
 def run_name(architecture, encoder, pretrained, now=None):

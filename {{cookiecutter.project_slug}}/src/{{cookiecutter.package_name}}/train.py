@@ -197,7 +197,8 @@ def main():
     optimizer = optim.make_optimizer(model, tp["optimizer"], p["lr"])
     tracked = p["mlflow"]["enabled"] and rank == 0
     # Opened inside closing(): a signal arriving as the run opens still ends it KILLED.
-    with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None) as run:
+    with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None, "train",
+                          p["mlflow"]) as run:
         start = time.perf_counter()
         best_state, history, best_epoch = fit(
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
