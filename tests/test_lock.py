@@ -117,7 +117,8 @@ def test_dev_lock_holds_what_requirements_dev_asks_for():
         if not marker or Marker(marker).evaluate():
             pinned[name.lower()] = version
     for line in (TEMPLATE / "requirements-dev.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
+        line = line.split(" #")[0].strip()  # pip's comment syntax: whole lines and " # ..." after a requirement
+        if line and not line.startswith("#"):
             req = Requirement(line)
             assert req.specifier.contains(pinned[req.name.lower()]), (line, pinned.get(req.name.lower()))
     assert re.search(r"^uv==", lock, re.M)  # venv.sh bootstraps this uv, and sync must not remove it
