@@ -152,32 +152,40 @@ def overlay(image, mask, alpha=0.5):
     return blend.round().astype(np.uint8)
 
 
+def decoded_batches(found, decode_one, batch_size, errors, desc):
+    """Lists of up to batch_size `decode_one(path, name)` results over the found files, in order; a file that
+    cannot be read goes to `errors` as (file, reason) and the rest go on."""
+    batch = []
+    for path, name in stage.checked(tqdm(found, desc=desc, unit="image", disable=None)):
+        try:
+            batch.append(decode_one(path, name))
+        except images.DataError as e:
+            errors.append((str(path), str(e)))
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def predict_all(fn, info, found, out, batch_size, stats):
     """Run the model over every found file, adding each decoded image to `stats` (drift.Statistics); returns
     (classification rows, [(file, error)])."""
-    rows, errors, batch = [], [], []
+    rows, errors = [], []
 
-    def flush():
+    def decode_one(path, name):
+        x, upright = decode(path, info)
+        stats.add(x.permute(1, 2, 0).numpy(), (upright.shape[1], upright.shape[0]))  # fitted (S, S, 3), (W, H)
+        return x, path, name, upright
+
+    for batch in decoded_batches(found, decode_one, batch_size, errors, "predict"):
         x = model_input([b[0] for b in batch])
         for (_, path, name, upright), result in zip(batch, run_batch(fn, x, info), strict=True):
             if info["task"] == "segmentation":
                 write_segmentation(out, name, result, upright, info)
             else:
                 rows.append([str(path), info["class_names"][int(result.argmax())], *map(float, result)])
-        batch.clear()
-
-    for path, name in stage.checked(tqdm(found, desc="predict", unit="image", disable=None)):
-        try:
-            x, upright = decode(path, info)
-        except images.DataError as e:
-            errors.append((str(path), str(e)))
-            continue
-        stats.add(x.permute(1, 2, 0).numpy(), (upright.shape[1], upright.shape[0]))  # fitted (S, S, 3), (W, H)
-        batch.append((x, path, name, upright))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     return rows, errors
 
 
@@ -239,11 +247,11 @@ def score_pair(path, upright, out_a, out_b, infos, top):
 
 def compare_all(models, found, batch_size, top_k):
     """Both models over every found file. Returns (rows, TopK, errors, {key: first batch's model input})."""
-    rows, errors, batch, first = [], [], [], {}
+    rows, errors, first = [], [], {}
     top = agreement.TopK(top_k)
     infos = [info for _, info, _ in models.values()]
-
-    def flush():
+    for batch in decoded_batches(found, lambda path, _: (path, *decode_for(path, models)), batch_size, errors,
+                                 "compare"):
         outputs = {}
         for key, (fn, model_info, _) in models.items():
             x = model_input([b[2][key] for b in batch])
@@ -251,19 +259,6 @@ def compare_all(models, found, batch_size, top_k):
             outputs[key] = run_batch(fn, x, model_info)
         for (path, upright, _), a, b in zip(batch, outputs["A"], outputs["B"], strict=True):
             rows.append(score_pair(path, upright, a, b, infos, top))
-        batch.clear()
-
-    for path, _ in stage.checked(tqdm(found, desc="compare", unit="image", disable=None)):
-        try:
-            upright, inputs = decode_for(path, models)
-        except images.DataError as e:
-            errors.append((str(path), str(e)))
-            continue
-        batch.append((path, upright, inputs))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
     return rows, top, errors, first
 
 
