@@ -193,4 +193,14 @@ def test_energy_is_logged_into_the_run_off_by_a_param_and_nothing_goes_into_the_
 
 def test_an_unknown_country_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"mlflow.energy.country='XYZ'.*enabled: false"):
-        tracking.energy_tracker("XYZ", "stage_x")
+        tracking.check_country("XYZ")
+
+
+def test_an_unknown_country_stops_the_stage_before_its_run_opens(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    opened = []
+    with pytest.raises(ValueError, match="mlflow.energy.country='XYZ'"):
+        with tracking.closing(lambda: opened.append(mlflow.start_run()), "stage_x",
+                              {"energy": {"enabled": True, "country": "XYZ"}}):
+            pass
+    assert opened == [] and mlflow.active_run() is None

@@ -270,9 +270,12 @@ def closing(start, stage_name=None, cfg=None):
     With `cfg` (params' mlflow section) and mlflow.energy.enabled, the stage's energy is measured from the
     run's opening to its end and logged into it (log_energy): every tracked stage gets it here, once."""
     tracker = None
+    energy = cfg is not None and cfg["energy"]["enabled"]
     try:
+        if energy:  # before the run opens: a country codecarbon does not know leaves no FAILED run behind
+            check_country(cfg["energy"]["country"])
         run = start()
-        if run is not None and cfg is not None and cfg["energy"]["enabled"]:
+        if run is not None and energy:
             tracker = energy_tracker(cfg["energy"]["country"], stage_name)
         yield run
     except KeyboardInterrupt:
@@ -299,12 +302,8 @@ CPU_METHODS = {"intel_rapl": "RAPL energy counters (measured)", "windows_emi": "
                "cpu_load": "CPU load x TDP (estimated)", "constant": "50% of TDP (constant estimate)"}
 
 
-def energy_tracker(country, stage_name):
-    """codecarbon's offline tracker, started: no network, nothing written to files, quiet (errors only).
-    tracking_mode="process": this stage's own CPU share and memory, not other jobs' on a shared machine."""
-    import logging
-
-    from codecarbon import OfflineEmissionsTracker
+def check_country(country):
+    """The country has a carbon intensity in codecarbon's own table (offline mode needs one)."""
     from codecarbon.input import DataSource
 
     known = DataSource().get_global_energy_mix_data()
@@ -312,6 +311,16 @@ def energy_tracker(country, stage_name):
         raise ValueError(f"mlflow.energy.country={country!r}: codecarbon has no carbon intensity for it; use an ISO "
                          f"3166-1 alpha-3 code it knows ({', '.join(sorted(known)[:8])}, ...; "
                          "codecarbon/data/private_infra/global_energy_mix.json) or set mlflow.energy.enabled: false")
+
+
+def energy_tracker(country, stage_name):
+    """codecarbon's offline tracker, started (the country checked by check_country): no network, nothing written
+    to files, quiet (errors only). tracking_mode="process": this stage's own CPU share and memory, not other
+    jobs' on a shared machine."""
+    import logging
+
+    from codecarbon import OfflineEmissionsTracker
+
     # Its logger says INFO lines and a warning at every start, before log_level applies.
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     tracker = OfflineEmissionsTracker(country_iso_code=country, project_name=stage_name, output_methods=[],
