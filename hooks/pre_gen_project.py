@@ -30,7 +30,7 @@ LOCKED_PYTHONS = ("3.10", "3.11", "3.12")
 # cookiecutter passes its folder as _repo_dir; tools that call cookiecutter's generate_files directly (cruft) do
 # not, and then the project's own params check is the only one.
 REPO = {{ cookiecutter._repo_dir | default("") | tojson }}
-NAMES_PY = Path(REPO) / "{% raw %}{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/names.py{% endraw %}"
+NAMES_PY = Path(REPO) / "{% raw %}{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/lib/names.py{% endraw %}"
 NAMES = runpy.run_path(str(NAMES_PY)) if REPO and NAMES_PY.is_file() else None
 # The same patterns as the project's (names.py), here also when names.py can't be read.
 URI_PASSWORD = NAMES["URI_PASSWORD"] if NAMES else r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:?#]*):[^/@?#]*@"

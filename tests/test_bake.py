@@ -12,16 +12,19 @@ import yaml
 
 from conftest import BIN, TEMPLATE, bake
 
+STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
+ENTRY_POINTS = (*STAGES, "compare", "predict", "pr_report")
+
 # The exact files of a baked project (besides .git/), before conditional ones.
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
-    *(f"src/{{pkg}}/{m}.py" for m in (
+    # The entry points (one per DVC stage or command) over one library folder.
+    *(f"src/{{pkg}}/{m}.py" for m in ("__init__", *ENTRY_POINTS)),
+    *(f"src/{{pkg}}/lib/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
-        "explain",
-        "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots", "report",
-        "drift", "agreement",
-        "prepare", "train", "analyze", "optimize", "robustness", "register", "compare", "predict", "pr_report")),
+        "explain", "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
+        "report", "drift", "agreement")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
         "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
@@ -29,6 +32,8 @@ COMMON = {
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
+
+MAX_MODULE_LINES = 300
 
 # Options that don't interact are cycled, not multiplied (cookiecutter-data-science style).
 MATRIX = [
@@ -97,14 +102,23 @@ def test_generated_config_parses_and_carries_the_answers(case):
 
 
 def package_imports(src, package, module):
-    """Our modules that `module` imports (`from pkg import a, b`, `from pkg.a import x`, `import pkg.a`)."""
+    """Our modules that `module` (a path under src/, e.g. "train" or "lib/data") imports: `from pkg import a`,
+    `from pkg.lib import a, b`, `from pkg.lib.a import x`, `import pkg.lib.a`; as paths of the same form."""
     found = set()
     for node in ast.walk(ast.parse((src / f"{module}.py").read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
-            found |= {node.module.split(".")[1]} if "." in node.module else {a.name for a in node.names}
+            parts = node.module.split(".")[1:]
+            names = [a.name for a in node.names]
+            found |= {"/".join(parts)} if (src / f"{'/'.join(parts)}.py").is_file() else {
+                "/".join([*parts, n]) for n in names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package}.")}
+            found |= {"/".join(a.name.split(".")[1:]) for a in node.names if a.name.startswith(f"{package}.")}
     return found
+
+
+def modules(src):
+    """Every module under src/<pkg>, as "train", "lib/data", ..."""
+    return {str(p.relative_to(src).with_suffix("")) for p in src.rglob("*.py") if p.stem != "__init__"}
 
 
 def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
@@ -124,23 +138,44 @@ def test_dvc_stages_depend_on_exactly_the_modules_they_import(case):
         assert code_deps == {f"src/{package}/{m}.py" for m in needed}, name
 
 
-def test_one_floor_of_stages_over_one_floor_of_library(case):
-    # A stage never imports another stage (or a command: compare, predict, pr_report); what two share lives in the
-    # library.
+def test_two_floors_entry_points_over_one_library(case):
+    # `ls src/<pkg>` shows what runs (a module per DVC stage or command, each with a __main__ guard) and lib/.
+    # No entry point imports another, and the library never imports an entry point: what two share lives in lib/.
     _, project = case
     package = project.name.replace("-", "_")
     src = project / "src" / package
-    stages = set(yaml.safe_load((project / "dvc.yaml").read_text())["stages"]) | {"compare", "predict", "pr_report"}
-    for module in (p.stem for p in src.glob("*.py")):
-        imported_stages = package_imports(src, package, module) & stages
-        assert not imported_stages, f"{module} imports the stage module(s) {imported_stages}"
+    assert {p.name for p in src.iterdir() if p.name != "__pycache__"} == {
+        "__init__.py", "lib", *(f"{m}.py" for m in ENTRY_POINTS)}
+    for module in modules(src):
+        tree = ast.parse((src / f"{module}.py").read_text())
+        guarded = any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) for n in tree.body)
+        assert guarded == (module in ENTRY_POINTS), module
+        imported = package_imports(src, package, module) & set(ENTRY_POINTS)
+        assert not imported, f"{module} imports the entry point(s) {imported}"
+
+
+def test_every_module_is_small_has_one_true_sentence_and_a_test(case):
+    # A module holds one idea: under the size limit, its docstring's first sentence says what it is, and its tests
+    # live in tests/test_<module>.py unless the project README's list of untested-alone modules names it.
+    _, project = case
+    package = project.name.replace("-", "_")
+    src = project / "src" / package
+    readme = (project / "README.md").read_text()
+    for module in modules(src):
+        path = src / f"{module}.py"
+        assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, f"{module} is over {MAX_MODULE_LINES} lines"
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and doc.split("\n")[0].strip(), f"{module} has no docstring"
+        name = module.rsplit("/", 1)[-1]
+        assert (project / "tests" / f"test_{name}.py").is_file() or f"`{name}.py`" in readme.split(
+            "<!-- untested -->")[1].split("<!-- /untested -->")[0], f"{module} has no test file and no README note"
 
 
 def test_functions_stay_short_and_train_trains_only(case):
     # Long functions were where the stages' copies of the same start, end and evaluation loop hid.
     _, project = case
     src = project / "src" / project.name.replace("-", "_")
-    for module in src.glob("*.py"):
+    for module in src.rglob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 60, f"{module.name}:{node.name} is over 60 lines"
@@ -153,14 +188,14 @@ def test_paths_are_written_once(case):
     package = project.name.replace("-", "_")
     src = project / "src" / package
     dvc = (project / "dvc.yaml").read_text()
-    tree = ast.parse((src / "paths.py").read_text())
+    tree = ast.parse((src / "lib" / "paths.py").read_text())
     declared = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and "/" in n.value and " " not in n.value]
     for path in declared:
         if "{" not in path and path not in ("reports/compare", "reports/pr"):  # commands' outputs, not the pipeline's
             assert path in dvc, f"{path} (paths.py) is not declared in dvc.yaml"
     literal = re.compile(r"""["'](data|models|metrics|plots|reports)/[\w./-]*["']""")
-    for module in src.glob("*.py"):
+    for module in src.rglob("*.py"):
         if module.name != "paths.py":
             code = "\n".join(line for line in module.read_text().splitlines() if not line.strip().startswith(
                 ("#", '"""')) and ">>>" not in line)
@@ -257,7 +292,7 @@ def test_hostile_answers_survive(tmp_path):
     # Every answer round-trips: Markdown heading, the licence, and the package imports.
     assert (project / "README.md").read_text().splitlines()[0] == f"# {answers['project_name']}"
     assert answers["author_name"] in (project / "LICENSE").read_text()
-    subprocess.run([sys.executable, "-c", "import hostile_project.params, hostile_project.names"], check=True,
+    subprocess.run([sys.executable, "-c", "import hostile_project.lib.params, hostile_project.lib.names"], check=True,
                    env={"PYTHONPATH": str(project / "src"), "PATH": str(BIN)})
 
 

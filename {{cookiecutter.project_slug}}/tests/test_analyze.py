@@ -5,7 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from {{ cookiecutter.package_name }} import analyze, measure
+from {{ cookiecutter.package_name }} import analyze
+from {{ cookiecutter.package_name }}.lib import measure
 
 
 # Correctness anchor: published parameter counts, and torchvision's documented "GFLOPS", which are

@@ -8,8 +8,8 @@ import pytest
 import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
-from {{ cookiecutter.package_name }} import corruptions, params
-from {{ cookiecutter.package_name }}.corruptions import CORRUPTIONS, LEVELS, corrupt
+from {{ cookiecutter.package_name }}.lib import corruptions, params
+from {{ cookiecutter.package_name }}.lib.corruptions import CORRUPTIONS, LEVELS, corrupt
 
 
 def _images(n=4, size=32):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.lib import data
 
 
 @pytest.mark.parametrize("task,num_classes", [("segmentation", 2), ("segmentation", 4), ("classification", 3)])

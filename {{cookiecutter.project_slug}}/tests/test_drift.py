@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import TASK
-from {{ cookiecutter.package_name }} import corruptions, data, drift
+from {{ cookiecutter.package_name }}.lib import corruptions, data, drift
 
 NUM_CLASSES = 2 if TASK == "segmentation" else 3
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from {{ cookiecutter.package_name }} import environment, register, train
+from {{ cookiecutter.package_name }} import register, train
+from {{ cookiecutter.package_name }}.lib import environment
 
 LOCK = Path(__file__).parents[1] / "uv.lock"
 

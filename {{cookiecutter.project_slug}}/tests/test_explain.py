@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import explain, models, names
+from {{ cookiecutter.package_name }}.lib import explain, models, names
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 needs_smp = pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,

@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import files
+from {{ cookiecutter.package_name }}.lib import files
 
 
 def test_outputs_appear_whole_or_not_at_all(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import images
+from {{ cookiecutter.package_name }}.lib import images
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # (H, W, 3), not square: orientation shows

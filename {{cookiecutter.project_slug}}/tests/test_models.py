@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import models
+from {{ cookiecutter.package_name }}.lib import models
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 # A classification project does not lock segmentation-models-pytorch: its segmentation cases skip.

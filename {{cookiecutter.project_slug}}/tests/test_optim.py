@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import names, optim, params
+from {{ cookiecutter.package_name }}.lib import names, optim, params
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import measure, models, optimize, report, runtime
+from {{ cookiecutter.package_name }} import optimize
+from {{ cookiecutter.package_name }}.lib import measure, models, report, runtime
 
 
 def test_global_pruning_reaches_the_asked_sparsity_and_keeps_the_original():

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import names, params
+from {{ cookiecutter.package_name }}.lib import names, params
 
 SHIPPED = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
 

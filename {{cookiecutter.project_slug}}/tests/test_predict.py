@@ -7,7 +7,8 @@ import torch
 import yaml
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import corruptions, data, files, models, paths, predict
+from {{ cookiecutter.package_name }} import predict
+from {{ cookiecutter.package_name }}.lib import corruptions, data, files, models, paths
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from {{ cookiecutter.package_name }} import data, paths, prepare
+from {{ cookiecutter.package_name }} import prepare
+from {{ cookiecutter.package_name }}.lib import data, paths
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]

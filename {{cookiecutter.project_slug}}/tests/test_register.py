@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from torch import nn
 
-from {{ cookiecutter.package_name }} import compare, register, report
+from {{ cookiecutter.package_name }} import compare, register
+from {{ cookiecutter.package_name }}.lib import report
 
 THRESHOLDS = {"min_quality": 0.8, "max_latency_ms": 50, "min_robustness_score": 0.5, "max_quality_drop": 0.01,
               "max_blocking_findings": 0}

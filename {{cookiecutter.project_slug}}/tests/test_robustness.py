@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import models, optimize, robustness
-from {{ cookiecutter.package_name }} import task as task_module
+from {{ cookiecutter.package_name }} import optimize, robustness
+from {{ cookiecutter.package_name }}.lib import models
+from {{ cookiecutter.package_name }}.lib import task as task_module
 
 
 def _tiny_classifier():

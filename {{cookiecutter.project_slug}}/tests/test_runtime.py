@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import runtime
+from {{ cookiecutter.package_name }}.lib import runtime
 
 
 def test_a_device_that_does_not_exist_lists_the_valid_ones():

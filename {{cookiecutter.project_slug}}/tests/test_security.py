@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from packaging.version import Version
 from torch import nn
 
-from {{ cookiecutter.package_name }} import models, names, security
+from {{ cookiecutter.package_name }}.lib import models, names, security
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 

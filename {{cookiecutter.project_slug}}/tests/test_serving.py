@@ -11,7 +11,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from conftest import TASK
-from {{ cookiecutter.package_name }} import models, serving
+from {{ cookiecutter.package_name }}.lib import models, serving
 
 SHAPE = [3, 32, 32]
 ARGS = {"segmentation": {"architecture": "Unet", "encoder": "resnet18", "num_classes": 2},

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import stage
+from {{ cookiecutter.package_name }}.lib import stage
 
 ROOT = Path(__file__).parents[1]
 STAGES = [*yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"], "compare"]

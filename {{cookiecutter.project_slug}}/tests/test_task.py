@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import models, names, task
+from {{ cookiecutter.package_name }}.lib import models, names, task
 
 
 def test_segmentation_scores_on_hand_computed_counts():

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from {{ cookiecutter.package_name }} import tracking
+from {{ cookiecutter.package_name }}.lib import tracking
 
 
 def test_tracking_uri_is_absolute_against_the_repository_root(tmp_path):
@@ -34,7 +34,7 @@ def test_run_name():
 def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
     # Queue workers and parallel stages open the store at once; MLflow's migrations on a fresh sqlite file
     # race without tracking.store_lock.
-    code = ("import mlflow; from {{ cookiecutter.package_name }} import params, tracking; "
+    code = ("import mlflow; from {{ cookiecutter.package_name }}.lib import params, tracking; "
             "cfg = params.load()['mlflow']; e = tracking.set_experiment(cfg, tracking.repo_root()); "
             "mlflow.start_run(experiment_id=e); mlflow.end_run()")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from {{ cookiecutter.package_name }} import data, files, models, optim, params, train
-from {{ cookiecutter.package_name }} import task as task_module
+from {{ cookiecutter.package_name }} import train
+from {{ cookiecutter.package_name }}.lib import data, files, models, optim, params
+from {{ cookiecutter.package_name }}.lib import task as task_module
 
 
 def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import torch
 
-from {{ cookiecutter.package_name }} import (
+from {{ cookiecutter.package_name }}.lib import (
     data,
     explain,
     files,

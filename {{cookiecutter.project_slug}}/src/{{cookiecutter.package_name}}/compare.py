@@ -12,16 +12,7 @@ import argparse
 
 import mlflow
 
-from {{ cookiecutter.package_name }} import (
-    files,
-    params,
-    paths,
-    plots,
-    report,
-    stage,
-    task,
-    tracking,
-)
+from {{ cookiecutter.package_name }}.lib import files, params, paths, plots, report, stage, task, tracking
 
 # (column, where it comes from: "tag:<name>" or "attr:<name>" or an MLflow metric key; {m} = the task's metric)
 COLUMNS = [

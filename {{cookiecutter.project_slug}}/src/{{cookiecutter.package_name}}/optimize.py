@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from {{ cookiecutter.package_name }} import (
+from {{ cookiecutter.package_name }}.lib import (
     data,
     files,
     measure,

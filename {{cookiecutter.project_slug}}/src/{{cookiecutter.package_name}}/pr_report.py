@@ -25,7 +25,7 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.scm import Git, RevError, resolve_rev
 
-from {{ cookiecutter.package_name }} import files, paths, report, stage, tracking
+from {{ cookiecutter.package_name }}.lib import files, paths, report, stage, tracking
 
 WORKSPACE = "workspace"  # DVC's name for the files as they are now, committed or not
 IMAGES = (paths.CURVES, paths.PREDICTIONS, paths.PARETO, paths.ROBUSTNESS_CURVE_PNG)

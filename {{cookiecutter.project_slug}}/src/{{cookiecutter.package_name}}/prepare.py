@@ -10,7 +10,7 @@ in order, so the bytes written do not depend on their number. prepare opens no M
 is one MLflow run, opened by train, which logs these statistics with it.
 """
 
-from {{ cookiecutter.package_name }} import data, drift, files, paths, stage
+from {{ cookiecutter.package_name }}.lib import data, drift, files, paths, stage
 
 
 def synthetic(p, seed):

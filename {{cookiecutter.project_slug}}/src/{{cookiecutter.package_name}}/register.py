@@ -24,7 +24,7 @@ import mlflow
 import yaml
 from mlflow.exceptions import MlflowException
 
-from {{ cookiecutter.package_name }} import (
+from {{ cookiecutter.package_name }}.lib import (
     data,
     environment,
     files,

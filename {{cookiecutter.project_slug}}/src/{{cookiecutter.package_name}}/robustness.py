@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import torch
 
-from {{ cookiecutter.package_name }} import (
+from {{ cookiecutter.package_name }}.lib import (
     corruptions,
     data,
     files,

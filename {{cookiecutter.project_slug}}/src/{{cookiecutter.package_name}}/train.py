@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from {{ cookiecutter.package_name }} import (
+from {{ cookiecutter.package_name }}.lib import (
     data,
     environment,
     files,

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from {{ cookiecutter.package_name }} import names
+from {{ cookiecutter.package_name }}.lib import names
 
 
 # The model libraries are imported when a model is built, not with this module: smp pulls in timm and

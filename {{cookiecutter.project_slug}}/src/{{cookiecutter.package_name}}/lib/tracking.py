@@ -29,7 +29,7 @@ import mlflow
 import psutil
 from filelock import FileLock
 
-from {{ cookiecutter.package_name }} import files, names, paths
+from {{ cookiecutter.package_name }}.lib import files, names, paths
 
 # Default ports of the database stores MLflow talks to directly (SQLAlchemy URIs).
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}

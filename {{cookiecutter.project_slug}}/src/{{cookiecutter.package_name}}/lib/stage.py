@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from {{ cookiecutter.package_name }} import files, params
+from {{ cookiecutter.package_name }}.lib import files, params
 
 # Errors that mean bad input, missing files or an unreachable service: the user gets their message (which names
 # the key, file or URI and the fix) on one line. Anything else is a bug and keeps its traceback.
@@ -48,7 +48,7 @@ def check_own_code(package_dir=None, env=os.environ):
     so running another copy would record results under the wrong code. Queued and --temp experiments run in a
     copy under .dvc/tmp/exps, whose code is the main repository's (DVC_ROOT) or its own; a directory without
     src/<package> (a scratch copy) is not checked."""
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(__file__).resolve().parents[1]  # lib/ -> the package
     roots = {Path.cwd().resolve(), Path(env.get("DVC_ROOT") or Path.cwd()).resolve()}
     own = [(r / "src" / package_dir.name).resolve() for r in roots if (r / "src" / package_dir.name).is_dir()]
     if own and package_dir not in own:

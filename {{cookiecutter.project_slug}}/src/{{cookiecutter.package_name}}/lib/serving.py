@@ -26,7 +26,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from {{ cookiecutter.package_name }} import models, runtime
+from {{ cookiecutter.package_name }}.lib import models, runtime
 
 RUNTIMES = runtime.RUNTIMES
 # Images one request may hold: `mlflow models serve` (uvicorn) reads a request body whole, with no size limit of
@@ -43,7 +43,7 @@ from {__name__} import Deployable
 
 mlflow.models.set_model(Deployable())
 '''
-# Modules of this package that loading needs: serving and what it imports (models needs names; runtime models).
+# Library modules that loading needs: serving and what it imports (models needs names; runtime models).
 CODE = ("__init__.py", "names.py", "models.py", "runtime.py", "serving.py")
 
 
@@ -98,10 +98,11 @@ def log_model(deploy_dir, example):
     models.validate_input(example, spec["input_shape"])
     output = runner(deploy_dir / spec["file"], spec["runtime"])(example)
     with tempfile.TemporaryDirectory() as tmp:
-        package = Path(tmp) / __package__
-        package.mkdir()
+        package = Path(tmp) / __package__.split(".")[0]  # the project's package, holding lib/
+        (package / "lib").mkdir(parents=True)
+        shutil.copy2(Path(__file__).parents[1] / "__init__.py", package / "__init__.py")
         for name in CODE:
-            shutil.copy2(Path(__file__).with_name(name), package / name)
+            shutil.copy2(Path(__file__).with_name(name), package / "lib" / name)
         code = Path(tmp) / "deployable_model.py"
         code.write_text(MODEL_CODE)
         return mlflow.pyfunc.log_model(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from {{ cookiecutter.package_name }} import files
+from {{ cookiecutter.package_name }}.lib import files
 {% if cookiecutter.python_version == "3.10" %}
 try:
     import tomllib

@@ -7,7 +7,7 @@ params' keyword arguments passed straight through to torch.
 
 import torch
 
-from {{ cookiecutter.package_name }} import names
+from {{ cookiecutter.package_name }}.lib import names
 
 
 def make_optimizer(model, cfg, lr):

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from {{ cookiecutter.package_name }} import names
+from {{ cookiecutter.package_name }}.lib import names
 
 LEVELS = names.CORRUPTION_SEVERITIES
 SOURCE = ("ImageNet-C severities (Hendrycks & Dietterich, ICLR 2019; hendrycks/robustness, "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from {{ cookiecutter.package_name }} import names
+from {{ cookiecutter.package_name }}.lib import names
 
 
 def primary_metric(task):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from {{ cookiecutter.package_name }} import images as decoding
+from {{ cookiecutter.package_name }}.lib import images as decoding
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross")
 FILES = ("images.npy", "targets.npy")  # in each split's folder

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from {{ cookiecutter.package_name }} import models
+from {{ cookiecutter.package_name }}.lib import models
 
 
 def seed_everything(seed):

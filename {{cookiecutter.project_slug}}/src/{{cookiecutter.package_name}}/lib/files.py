@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from {{ cookiecutter.package_name }} import paths
+from {{ cookiecutter.package_name }}.lib import paths
 
 
 @contextlib.contextmanager

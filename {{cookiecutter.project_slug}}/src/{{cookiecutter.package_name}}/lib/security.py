@@ -23,7 +23,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from {{ cookiecutter.package_name }} import models, names, tracking
+from {{ cookiecutter.package_name }}.lib import models, names, tracking
 
 # What an installed version below the pyproject.toml floor exposes.
 ADVISORIES = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from {{ cookiecutter.package_name }} import names
+from {{ cookiecutter.package_name }}.lib import names
 
 
 class ParamsError(ValueError):
