@@ -22,13 +22,13 @@ COMMON = {
     # The entry points (one per DVC stage or command) over one library folder.
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", *ENTRY_POINTS)),
     *(f"src/{{pkg}}/lib/{m}.py" for m in (
-        "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
-        "explain", "images", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
-        "report", "drift", "agreement")),
+        "__init__", "names", "paths", "params", "stage", "models", "optim", "task", "runtime", "measure",
+        "explain", "decoding", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
+        "report", "drift", "agreement", "ingest", "dataset")),
     *(f"tests/{m}.py" for m in (
-        "conftest", "test_params", "test_stage", "test_data", "test_models", "test_optim", "test_task",
+        "conftest", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models", "test_optim", "test_task",
         "test_tracking", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
-        "test_serving", "test_images", "test_prepare", "test_predict", "test_pr_report", "test_drift", "test_explain",
+        "test_serving", "test_decoding", "test_prepare", "test_predict", "test_pr_report", "test_drift", "test_explain",
         "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}

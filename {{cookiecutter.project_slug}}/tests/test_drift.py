@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import TASK
-from {{ cookiecutter.package_name }}.lib import corruptions, data, drift
+from {{ cookiecutter.package_name }}.lib import corruptions, drift, ingest
 
 NUM_CLASSES = 2 if TASK == "segmentation" else 3
 
@@ -24,7 +24,7 @@ def corrupted(images, kind, severity):
 
 @pytest.fixture(scope="module")
 def reference():
-    train, targets, names = data.make_synthetic(TASK, 200, 32, NUM_CLASSES, seed=1)
+    train, targets, names = ingest.make_synthetic(TASK, 200, 32, NUM_CLASSES, seed=1)
     counts = np.bincount(targets.ravel(), minlength=NUM_CLASSES)
     return drift.reference(statistics(train), names, counts)
 
@@ -32,7 +32,7 @@ def reference():
 @pytest.fixture(scope="module")
 def fresh():
     """Images from the training distribution: the same generator, a seed the reference never saw."""
-    return data.make_synthetic(TASK, 40, 32, NUM_CLASSES, seed=7)[0]
+    return ingest.make_synthetic(TASK, 40, 32, NUM_CLASSES, seed=7)[0]
 
 
 def test_training_like_images_do_not_drift(reference, fresh):

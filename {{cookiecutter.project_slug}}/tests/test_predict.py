@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import predict
-from {{ cookiecutter.package_name }}.lib import corruptions, data, files, models, paths
+from {{ cookiecutter.package_name }}.lib import corruptions, files, ingest, models, paths
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_missing_input_and_missing_model_are_named(project, tmp_path):
 def _synthetic_pngs(folder, info, seed, corruption=None):
     """PNGs from the synthetic generator at the training size (a seed prepare never used), optionally under a
     corruptions.py corruption at severity 5."""
-    images = data.make_synthetic(info["task"], 16, info["image_size"], info["num_classes"], seed)[0]
+    images = ingest.make_synthetic(info["task"], 16, info["image_size"], info["num_classes"], seed)[0]
     if corruption:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         x = corruptions.corrupt(x, corruption, 5, torch.Generator().manual_seed(0))

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import prepare
-from {{ cookiecutter.package_name }}.lib import data, paths
+from {{ cookiecutter.package_name }}.lib import ingest, paths
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]
@@ -84,7 +84,7 @@ def test_auto_classes_refused_for_synthetic_data(tmp_path, monkeypatch):
     p["prepare"]["num_classes"] = "auto"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DataError, match="auto reads the classes from data/raw"):
+    with pytest.raises(ingest.DataError, match="auto reads the classes from data/raw"):
         prepare.main()
 
 

@@ -13,20 +13,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from {{ cookiecutter.package_name }} import train
-from {{ cookiecutter.package_name }}.lib import data, files, models, optim, params
+from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params
 from {{ cookiecutter.package_name }}.lib import task as task_module
 
 
 def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     torch.manual_seed(seed)
-    images, labels, _ = data.make_synthetic("classification", n=48, size=32, num_classes=3, seed=0)
-    ds = data.Split(images, labels, augment={"hflip": True, "rot90": True, "brightness": 0.1}, seed=seed)
+    images, labels, _ = ingest.make_synthetic("classification", n=48, size=32, num_classes=3, seed=0)
+    ds = dataset.Split(images, labels, augment={"hflip": True, "rot90": True, "brightness": 0.1}, seed=seed)
     model = models.build_model("classification", "resnet18", None, 3, [0.5] * 3, [0.25] * 3)
     opt = optim.make_optimizer(model, {"name": "adamw"}, lr)
     loss = task_module.make_loss("classification", "ce", 3)
     best_state, history, best_epoch = train.fit(
         model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-        DataLoader(data.Split(images, labels), batch_size=16), loss, opt,
+        DataLoader(dataset.Split(images, labels), batch_size=16), loss, opt,
         optim.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs, patience=patience,
         task_name="classification", num_classes=3, device=torch.device("cpu"))
     return best_state, history, best_epoch
@@ -42,8 +42,8 @@ def test_fit_learns_and_is_deterministic_on_cpu():
 
 
 def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
-    images, labels, _ = data.make_synthetic("classification", n=48, size=16, num_classes=3, seed=0)
-    ds = data.Split(images, labels)
+    images, labels, _ = ingest.make_synthetic("classification", n=48, size=16, num_classes=3, seed=0)
+    ds = dataset.Split(images, labels)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     calls = []
 

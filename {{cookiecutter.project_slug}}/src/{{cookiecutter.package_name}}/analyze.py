@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from {{ cookiecutter.package_name }}.lib import (
-    data,
+    dataset,
     explain,
     files,
     measure,
@@ -69,9 +69,9 @@ def metrics_of(summary, file_bytes, max_p90_p50):
 def explanations(model, model_args, split, count, seed, max_correlation):
     """Grad-CAM of the trained model and of the same architecture re-initialised from `seed`, on `count` test
     images chosen with `seed`; returns (images, targets, explain.explain's result, chosen indices)."""
-    images, targets = data.load_split(split)
+    images, targets = dataset.load_split(split)
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False))
-    x, y = data.to_float(images[chosen]), targets[chosen]  # (N, 3, H, W) in [0, 1]; (N, H, W) or (N,)
+    x, y = dataset.to_float(images[chosen]), targets[chosen]  # (N, 3, H, W) in [0, 1]; (N, H, W) or (N,)
     control = explain.randomised(lambda: models.build_model(**model_args), seed)
     result = explain.explain(model, control, x, model_args["task"],
                              task.is_binary(model_args["task"], model_args["num_classes"]), max_correlation)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from {{ cookiecutter.package_name }}.lib import (
-    data,
+    dataset,
     files,
     measure,
     models,
@@ -111,7 +111,7 @@ def build_variants(model, model_args, input_shape, op, seed, train_images, tmp):
         if op["quantization"]["enabled"]:
             q = op["quantization"]
             pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))
-            calibration = [data.to_float(train_images[i]).numpy() for i in pick[:q["calibration_images"]].split(
+            calibration = [dataset.to_float(train_images[i]).numpy() for i in pick[:q["calibration_images"]].split(
                 q["calibration_batch_size"])]  # float32 (B, 3, H, W) batches
             quantize_onnx(tmp / "fp32.onnx", tmp / "int8.onnx", calibration)
             variants["int8_onnxruntime"] = (runtime.ort_session(tmp / "int8.onnx", threads), tmp / "int8.onnx")
@@ -148,7 +148,8 @@ def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
     b1, bn = timed({name: fn for name, (fn, _) in variants.items()}, input_shape, lat)
     metric, table, fp32_size, fp32_preds = task.primary_metric(task_name), {}, None, None
     for name, (fn, path) in variants.items():
-        out = task.evaluate(fn, data.batches(*test, lat["batch_size"]), task_name, num_classes, keep_predictions=True)
+        out = task.evaluate(fn, dataset.batches(*test, lat["batch_size"]), task_name, num_classes,
+                            keep_predictions=True)
         fp32_preds = out["predictions"] if fp32_preds is None else fp32_preds  # fp32 comes first
         sizes = file_sizes(path)
         fp32_size = fp32_size or sizes["size_mb"]
@@ -194,8 +195,8 @@ def main():
     metric = task.primary_metric(task_name)
     with tracking.pipeline_run(p["mlflow"], "optimize") as run, tempfile.TemporaryDirectory() as tmp:
         variants, notes = build_variants(model, model_args, input_shape, op, p["seed"],
-                                         data.load_split(paths.split("train"))[0], Path(tmp))
-        table = measure_variants(variants, input_shape, lat, data.load_split(paths.split("test")), task_name,
+                                         dataset.load_split(paths.split("train"))[0], Path(tmp))
+        table = measure_variants(variants, input_shape, lat, dataset.load_split(paths.split("test")), task_name,
                                  num_classes)
         chosen = choose(table, metric, op["select"]["min_quality_ratio"])
         metrics = flat_metrics(table, chosen, metric)

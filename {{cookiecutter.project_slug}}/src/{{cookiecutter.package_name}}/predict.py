@@ -7,7 +7,7 @@
     make predict IN=photos/ OUT=predictions/
 
 INPUT: image files or folders (searched recursively; hidden files and folders skipped), any size, kind and
-orientation prepare accepts (images.py: every PIL mode, 16-bit, EXIF orientation). Each image is decoded and
+orientation prepare accepts (lib/decoding.py: every PIL mode, 16-bit, EXIF orientation). Each image is decoded and
 fitted to the model's size exactly as prepare did, from the dataset description the model was trained on
 (data/prepared/dataset.json for the local deployable, the run's config/dataset.json for a registry URI).
 {%- if cookiecutter.task == 'segmentation' %}
@@ -48,9 +48,9 @@ from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import (
     agreement,
+    decoding,
     drift,
     files,
-    images,
     measure,
     params,
     paths,
@@ -74,13 +74,13 @@ def find_inputs(inputs):
     for given in map(Path, inputs):
         if given.is_dir():
             found += [(p, p.relative_to(given).with_suffix("")) for p in sorted(given.rglob("*"))
-                      if images.is_image(p) and not any(part.startswith(".") for part in p.relative_to(given).parts)]
+                      if decoding.is_image(p) and not any(part.startswith(".") for part in p.relative_to(given).parts)]
         elif given.exists():
             found.append((given, Path(given.stem)))
         else:
             raise FileNotFoundError(f"{given}: no such file or folder; give image files or folders")
     if not found:
-        raise FileNotFoundError(f"no images ({', '.join(images.SUFFIXES)}, any case) in {', '.join(inputs)}")
+        raise FileNotFoundError(f"no images ({', '.join(decoding.SUFFIXES)}, any case) in {', '.join(inputs)}")
     return found
 
 
@@ -116,8 +116,8 @@ def load_model(uri, mlflow_cfg):
 
 def decode(path, info):
     """(uint8 (3, S, S) model input, upright uint8 (H, W, 3) image) by prepare's rules."""
-    upright, _ = images.read(path, "image", info.get("window"))
-    fitted = images.fit(upright, info["image_size"], info.get("resize", "stretch"))
+    upright, _ = decoding.read(path, "image", info.get("window"))
+    fitted = decoding.fit(upright, info["image_size"], info.get("resize", "stretch"))
     return torch.from_numpy(fitted).permute(2, 0, 1), upright
 
 
@@ -138,7 +138,7 @@ def write_segmentation(out, name, mask, upright, info):
     """The mask at the image's own size and orientation, and an overlay of it on the image."""
     from PIL import Image
 
-    full = images.unfit(mask, upright.shape[1], upright.shape[0], info.get("resize", "stretch"))
+    full = decoding.unfit(mask, upright.shape[1], upright.shape[0], info.get("resize", "stretch"))
     for folder, arr in (("masks", full), ("overlays", overlay(upright, full))):
         target = out / folder / name.with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def decoded_batches(found, decode_one, batch_size, errors, desc):
     for path, name in stage.checked(tqdm(found, desc=desc, unit="image", disable=None)):
         try:
             batch.append(decode_one(path, name))
-        except images.DataError as e:
+        except decoding.DataError as e:
             errors.append((str(path), str(e)))
             continue
         if len(batch) == batch_size:
@@ -230,7 +230,7 @@ def score_pair(path, upright, out_a, out_b, infos, top):
     Masks are compared at the image's own size, each mapped back by its own model's fitting rule."""
     info = infos[0]
     if info["task"] == "segmentation":
-        ma, mb = (images.unfit(m, upright.shape[1], upright.shape[0], i.get("resize", "stretch"))
+        ma, mb = (decoding.unfit(m, upright.shape[1], upright.shape[0], i.get("resize", "stretch"))
                   for m, i in zip((out_a, out_b), infos, strict=True))
         agree, iou = agreement.mask_agreement(ma, mb, info["num_classes"])
         if agree < 1:  # only images where they disagree at all can be among the worst

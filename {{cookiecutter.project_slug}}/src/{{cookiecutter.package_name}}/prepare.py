@@ -10,16 +10,16 @@ in order, so the bytes written do not depend on their number. prepare opens no M
 is one MLflow run, opened by train, which logs these statistics with it.
 """
 
-from {{ cookiecutter.package_name }}.lib import data, drift, files, paths, stage
+from {{ cookiecutter.package_name }}.lib import drift, files, ingest, paths, stage
 
 
 def synthetic(p, seed):
     """(number of images, rows(indices) -> (image, target, original size), class names, num_classes, original
     sizes seen)."""
     if p["num_classes"] == "auto":
-        raise data.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
+        raise ingest.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
                              "synthetic data needs a number (2 for segmentation, 3 for classification)")
-    images, targets, names = data.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
+    images, targets, names = ingest.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
                                                  p["num_classes"], seed)
     size = (p["image_size"], p["image_size"])  # made at the training size: nothing is resized
     return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, p["num_classes"], []
@@ -27,16 +27,16 @@ def synthetic(p, seed):
 
 def folder(p, pool):
     """The same as `synthetic`, for data/raw: rows are decoded by the pool as they are written."""
-    items, names, num_classes = data.folder_items(p["task"], p["raw_dir"], p["num_classes"])
+    items, names, num_classes = ingest.folder_items(p["task"], p["raw_dir"], p["num_classes"])
     if num_classes == "auto":  # segmentation: from the masks' values
-        num_classes = data.mask_classes([mask for _, mask in items], pool)
+        num_classes = ingest.mask_classes([mask for _, mask in items], pool)
         print(f"prepare: num_classes auto -> {num_classes} (from the mask values)")
     if names is None:
         names = ["background", "foreground"] if num_classes == 2 else [f"class_{i}" for i in range(num_classes)]
     originals = []
 
     def rows(idx):
-        for image, target, original in data.decoded([items[i] for i in idx], pool, task=p["task"],
+        for image, target, original in ingest.decoded([items[i] for i in idx], pool, task=p["task"],
                                                     size=p["image_size"], resize=p["resize"], window=p["window"],
                                                     max_pixels=p["max_image_pixels"],
                                                     num_classes=num_classes):
@@ -49,17 +49,17 @@ def build(p, seed, out, pool):
     """Write the three splits into folder `out`; returns (dataset description, train class counts, sizes seen,
     drift reference statistics of the train split)."""
     n, rows, names, num_classes, originals = synthetic(p, seed) if p["source"] == "synthetic" else folder(p, pool)
-    idx = data.split_indices(n, p["val_fraction"], p["test_fraction"], seed)
+    idx = ingest.split_indices(n, p["val_fraction"], p["test_fraction"], seed)
     train_stats = drift.Statistics(drift.sample_mask(len(idx["train"]), seed))  # fed as the train rows stream by
-    written = {name: data.write_split(out / paths.split(name).name,
+    written = {name: ingest.write_split(out / paths.split(name).name,
                                       train_stats.observe(rows(i)) if name == "train" else rows(i), len(i),
                                       p["image_size"], p["task"], num_classes) for name, i in idx.items()}
-    mean, std = data.channel_stats_from(written["train"]["sums"], written["train"]["pixels"])
+    mean, std = ingest.channel_stats_from(written["train"]["sums"], written["train"]["pixels"])
     info = {
         "task": p["task"], "source": p["source"], "image_size": p["image_size"], "resize": p["resize"],
         "window": p["window"], "num_classes": num_classes, "class_names": names, "mean": mean, "std": std,
         "sizes": {name: len(i) for name, i in idx.items()},
-        "sha256": data.digest(out / paths.split(name).name / f for name in idx for f in data.FILES),
+        "sha256": ingest.digest(out / paths.split(name).name / f for name in idx for f in paths.SPLIT_FILES),
     }
     reference = drift.reference(train_stats, names, written["train"]["counts"])
     return info, written["train"]["counts"], originals, reference
@@ -88,8 +88,8 @@ def resized_note(originals, size, resize):
 def main():
     p = stage.begin("prepare")
     pp = p["prepare"]
-    workers = data.resolve_workers(pp["workers"]) if pp["source"] == "folder" else 1  # synthetic: nothing to decode
-    with data.pool(workers) as pool, files.atomic_path(paths.PREPARED, directory=True) as tmp:
+    workers = ingest.resolve_workers(pp["workers"]) if pp["source"] == "folder" else 1  # synthetic: nothing to decode
+    with ingest.pool(workers) as pool, files.atomic_path(paths.PREPARED, directory=True) as tmp:
         info, train_counts, originals, reference = build(pp, p["seed"], tmp, pool)
         files.write_json(tmp / paths.DATASET.name, info)
         files.write_json(tmp / paths.REFERENCE.name, reference)

@@ -25,7 +25,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from {{ cookiecutter.package_name }}.lib import (
-    data,
+    dataset,
     environment,
     files,
     names,
@@ -290,7 +290,7 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
         raise files.IntegrityError(f"{deploy_path}: sha256 {sha} differs from the {recorded_sha} robustness checked; "
                                    "the file changed after the checks. Rerun: dvc repro")
     run_tags = mlflow.get_run(run.info.run_id).data.tags
-    example = data.to_float(data.load_split(paths.split("test"))[0][:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
+    example = dataset.to_float(dataset.load_split(paths.split("test"))[0][:2]).numpy()  # (2, 3, H, W) float32 in [0, 1]
     tags = {"run_id": run.info.run_id, "git_commit": run_tags.get("git_commit", "none"),
             "dvc_exp_name": run_tags.get("dvc_exp_name", tracking.NOT_AN_EXPERIMENT), "git_dirty": run_tags.get(
                 "git_dirty", "unknown"),

@@ -22,7 +22,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.lib import (
     corruptions,
-    data,
+    dataset,
     files,
     models,
     params,
@@ -79,7 +79,7 @@ def bootstrap_ci(stats, task_name, metric, resamples, seed, level=0.95):
 
 def evaluate(fn, x, y, task_name, num_classes, batch_size, resamples, seed):
     """Scores of fn on float images x (N, 3, H, W) with a bootstrap interval for the primary metric."""
-    stats = task.evaluate(fn, data.batches(x, y, batch_size), task_name, num_classes)["stats"]
+    stats = task.evaluate(fn, dataset.batches(x, y, batch_size), task_name, num_classes)["stats"]
     metric = task.primary_metric(task_name)
     out = task.scores(task_name, task.reduce(stats))
     out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_ci(stats, task_name, metric, resamples, seed)
@@ -161,10 +161,10 @@ def main():
     task_name, num_classes = model_args["task"], model_args["num_classes"]
     metric = task.primary_metric(task_name)
     deployable, deploy = load_deployable()
-    images, targets = data.load_split(paths.split("test"))
+    images, targets = dataset.load_split(paths.split("test"))
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(images), generator=g)[:rp["subset"]]
-    x, y = data.to_float(images[pick]), targets[pick]
+    x, y = dataset.to_float(images[pick]), targets[pick]
     with tracking.pipeline_run(p["mlflow"], "robustness") as run:
         def ev(fn, inputs):
             return evaluate(fn, inputs, y, task_name, num_classes, rp["batch_size"], rp["bootstrap_resamples"], seed)

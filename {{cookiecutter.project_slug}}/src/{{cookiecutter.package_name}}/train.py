@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import (
-    data,
+    dataset,
     environment,
     files,
     models,
@@ -42,7 +42,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes
     model.train()
     total, n, rows = 0.0, 0, []
     for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
-        x, y = data.to_float(images).to(device), y.to(device)  # augmented by the loader's data.Split
+        x, y = dataset.to_float(images).to(device), y.to(device)  # augmented by the loader's dataset.Split
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
@@ -66,7 +66,7 @@ def evaluate(model, loader, loss_fn, *, task_name, num_classes, device, amp=Fals
     def logits(x):  # (B, C, ...) logits, in bfloat16 on CUDA with amp
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return model(x)
-    batches = ((data.to_float(x).to(device), y.to(device)) for x, y in stage.checked(loader))
+    batches = ((dataset.to_float(x).to(device), y.to(device)) for x, y in stage.checked(loader))
     out = task.evaluate(logits, batches, task_name, num_classes, loss_fn=loss_fn)
     return {"loss": out["loss"], **task.scores(task_name, task.reduce(out["stats"]))}
 
@@ -109,7 +109,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
 
 def make_loaders(sets, batch_size, num_workers, seed, world, rank, device, drop_last=False):
     """Train (shuffled; sharded under DDP, each rank taking batch_size / world), val and test loaders over
-    data.Split datasets (memory-mapped: no split is held in memory)."""
+    dataset.Split datasets (memory-mapped: no split is held in memory)."""
     common = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
     shuffle = ({"sampler": DistributedSampler(sets["train"], world, rank, shuffle=True, seed=seed)} if world > 1
                else {"shuffle": True, "generator": torch.Generator().manual_seed(seed)})
@@ -137,7 +137,7 @@ def start_run(p, info, model_args, world, device):
 def write_outputs(model, model_args, info, history, metrics, sample):
     """Checkpoint, history, plots and metrics, each whole or not at all. sample: (uint8 images, targets)."""
     model.cpu().eval()
-    images = data.to_float(sample[0])
+    images = dataset.to_float(sample[0])
     with torch.inference_mode():
         preds = task.predict(model(images), info["task"], info["num_classes"])
     with files.atomic_path(paths.CHECKPOINT) as tmp:
@@ -189,7 +189,7 @@ def main():
     amp = bool(tp["amp"]) and device.type == "cuda"
     model, model_args = models.for_data(tp["model"], info)
     model.to(device)
-    sets = {name: data.Split.open(paths.split(name), tp["augment"] if name == "train" else None, p["seed"])
+    sets = {name: dataset.Split.open(paths.split(name), tp["augment"] if name == "train" else None, p["seed"])
             for name in ("train", "val", "test")}
     loaders = make_loaders(sets, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device,
                            runtime.drop_last_batch(len(sets["train"]), tp["batch_size"], world, model))
@@ -217,9 +217,9 @@ def main():
                 model, loaders[name], loss_fn, task_name=task_name, num_classes=num_classes, device=device,
                 amp=amp).items()})
         stage.stop_point()
-        write_outputs(model, model_args, info, history, metrics, data.head(sets["test"], 6))
+        write_outputs(model, model_args, info, history, metrics, dataset.head(sets["test"], 6))
         stage.stop_point()
-        example = data.to_float(data.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
+        example = dataset.to_float(dataset.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
         files.write_json(paths.RUN_FILE, log_outputs(run, model, metrics, example) if run else {"enabled": False})
     # A signal during the last writes: they completed, but whoever sent it (dvc queue kill, a scheduler) wants
     # the pipeline stopped, so exit as stopped instead of letting DVC go on to the next stage.

@@ -3,7 +3,7 @@
 The unit of observation is the image, not the pixel: the pixels of one image are not independent draws, so a
 test on pooled pixel counts would call any batch of a few images "different" (millions of "observations").
 Each image gives FEATURES: the mean and standard deviation of each channel of the image as the model sees it
-(decoded and fitted to the training size by images.py, the same rules in prepare and predict), and its
+(decoded and fitted to the training size by decoding.py, the same rules in prepare and predict), and its
 original width and height. prepare streams the train split through `Statistics` and writes `reference()`;
 predict streams the new images through another `Statistics` and `check()` compares the two:
 

@@ -44,6 +44,9 @@ COMPARE = Path("reports/compare")  # compare's .md / .html / .png (not a pipelin
 PR_REPORT = Path("reports/pr")  # pr_report's report.md and plots/ (not a pipeline output; git-ignored)
 
 
+SPLIT_FILES = ("images.npy", "targets.npy")  # in each split's folder
+
+
 def split(name):
     """data/prepared/<train|val|test>/: images.npy (uint8) and targets.npy, memory-mapped by the stages."""
     return PREPARED / name

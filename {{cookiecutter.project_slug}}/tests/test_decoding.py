@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.lib import images
+from {{ cookiecutter.package_name }}.lib import decoding
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # (H, W, 3), not square: orientation shows
@@ -24,29 +24,29 @@ def test_every_8_bit_mode_reads_as_its_rgb_pixels(tmp_path, mode, expected):
     if mode == "1":
         source = source.point(lambda v: 255 if v >= 128 else 0).convert("1")
     path = _save(tmp_path, f"x.{mode}.png", source.convert(mode))
-    arr, size = images.read(path)
+    arr, size = decoding.read(path)
     assert size == (10, 6) and arr.dtype == np.uint8 and np.array_equal(arr, expected)
 
 
 def test_palette_and_cmyk_read_as_rgb(tmp_path):
     pal = Image.fromarray(RGB).quantize(16)  # P mode: the palette's colours come back
-    arr, _ = images.read(_save(tmp_path, "p.png", pal))
+    arr, _ = decoding.read(_save(tmp_path, "p.png", pal))
     assert np.array_equal(arr, np.asarray(pal.convert("RGB")))
     cmyk = Image.fromarray(RGB).convert("CMYK")
-    arr, _ = images.read(_save(tmp_path, "c.tif", cmyk))
+    arr, _ = decoding.read(_save(tmp_path, "c.tif", cmyk))
     assert np.array_equal(arr, np.asarray(cmyk.convert("RGB")))
 
 
 def test_16_bit_uses_its_full_range_and_equals_its_8_bit_twin(tmp_path):
     path = _save(tmp_path, "g16.png", Image.fromarray(GRAY.astype(np.uint16) * 257))
     assert Image.open(path).mode == "I;16"
-    arr, _ = images.read(path)
+    arr, _ = decoding.read(path)
     assert np.array_equal(arr[..., 0], GRAY)  # not clipped to white as convert("RGB") does
 
 
 def test_16_bit_gradient_maps_monotonically_onto_0_255(tmp_path):
     ramp = np.linspace(0, 65535, 4096).astype(np.uint16).reshape(64, 64)
-    arr, _ = images.read(_save(tmp_path, "ramp.tif", Image.fromarray(ramp)))
+    arr, _ = decoding.read(_save(tmp_path, "ramp.tif", Image.fromarray(ramp)))
     flat = arr[..., 0].ravel()
     assert flat[0] == 0 and flat[-1] == 255 and (np.diff(flat.astype(int)) >= 0).all()
     assert len(np.unique(flat)) == 256
@@ -55,14 +55,14 @@ def test_16_bit_gradient_maps_monotonically_onto_0_255(tmp_path):
 def test_window_maps_a_12_bit_range(tmp_path):
     twelve = (GRAY.astype(np.uint32) * 4095 // 255).astype(np.uint16)  # values 0..4095
     path = _save(tmp_path, "ct.png", Image.fromarray(twelve))
-    full, _ = images.read(path)
-    windowed, _ = images.read(path, window=[0, 4095])
+    full, _ = decoding.read(path)
+    windowed, _ = decoding.read(path, window=[0, 4095])
     assert full.max() <= 16  # 12 bits of 16: nearly black without a window
     assert np.abs(windowed[..., 0].astype(int) - GRAY).max() <= 1
 
 
 def test_float_images_read_on_0_1(tmp_path):
-    arr, _ = images.read(_save(tmp_path, "f.tif", Image.fromarray(GRAY.astype(np.float32) / 255)))
+    arr, _ = decoding.read(_save(tmp_path, "f.tif", Image.fromarray(GRAY.astype(np.float32) / 255)))
     assert np.array_equal(arr[..., 0], GRAY)
 
 
@@ -75,11 +75,11 @@ def test_exif_rotated_copy_loads_equal_to_the_upright_one(tmp_path, fmt):
     exif[0x0112] = 6
     ext = {"JPEG": "JPG", "TIFF": "Tif", "WEBP": "webp", "PNG": "PNG", "BMP": "bmp"}[fmt]  # any case
     kw = {"quality": 100, "subsampling": 0} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
-    a, _ = images.read(_save(tmp_path, f"up.{ext}", upright, format=fmt, **kw))
+    a, _ = decoding.read(_save(tmp_path, f"up.{ext}", upright, format=fmt, **kw))
     if fmt == "BMP":  # BMP carries no EXIF: it only has to load
         assert a.shape == RGB.shape
         return
-    b, size = images.read(_save(tmp_path, f"rot.{ext}", stored, format=fmt, exif=exif, **kw))
+    b, size = decoding.read(_save(tmp_path, f"rot.{ext}", stored, format=fmt, exif=exif, **kw))
     # JPEG re-encodes the turned pixels in other blocks: equal up to rounding (unrotated, they differ by ~100).
     assert size == (10, 6) and np.abs(a.astype(int) - b).max() <= (3 if fmt == "JPEG" else 0)
 
@@ -91,48 +91,48 @@ def test_masks_palette_grayscale_and_equal_channels(tmp_path):
     for name, im in (("p.png", pal), ("l.png", Image.fromarray(classes)),
                      ("rgb.png", Image.fromarray(np.repeat(classes[..., None], 3, 2))),
                      ("m16.png", Image.fromarray(classes.astype(np.uint16)))):
-        arr, _ = images.read(_save(tmp_path, name, im), "mask")
+        arr, _ = decoding.read(_save(tmp_path, name, im), "mask")
         assert np.array_equal(arr, classes), name
-    with pytest.raises(images.DataError, match="single-channel"):
-        images.read(_save(tmp_path, "colour.png", Image.fromarray(RGB)), "mask")
+    with pytest.raises(decoding.DataError, match="single-channel"):
+        decoding.read(_save(tmp_path, "colour.png", Image.fromarray(RGB)), "mask")
 
 
-@pytest.mark.parametrize("mode", images.RESIZE)
+@pytest.mark.parametrize("mode", decoding.RESIZE)
 def test_fit_then_unfit_returns_the_mask_at_its_own_size(mode):
     mask = np.zeros((30, 60), np.uint8)
     mask[10:20, 20:40] = 1  # a central block survives every mode
-    small = images.fit(mask, 16, mode, "mask")
+    small = decoding.fit(mask, 16, mode, "mask")
     assert small.shape == (16, 16)
-    back = images.unfit(small, 60, 30, mode)
+    back = decoding.unfit(small, 60, 30, mode)
     assert back.shape == (30, 60) and back[15, 30] == 1 and back[0, 0] == 0
 
 
 def test_pad_keeps_aspect_and_pads_with_zero():
     img = np.full((20, 40, 3), 200, np.uint8)
-    out = images.fit(img, 10, "pad")
+    out = decoding.fit(img, 10, "pad")
     assert (out[:2] == 0).all() and (out[-3:] == 0).all() and (out[3:7] == 200).all()
-    crop = images.fit(img, 10, "crop")
+    crop = decoding.fit(img, 10, "crop")
     assert (crop == 200).all()
 
 
 def test_unreadable_file_is_named(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(images.DataError, match="broken.jpg: cannot read image"):
-        images.read(path)
+    with pytest.raises(decoding.DataError, match="broken.jpg: cannot read image"):
+        decoding.read(path)
 
 
 def test_hidden_files_are_not_images(tmp_path):
     for name in ("a.PNG", ".b.png", "c.txt"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / ".ipynb_checkpoints").mkdir()
-    assert [p.name for p in images.image_files(tmp_path)] == ["a.PNG"]
+    assert [p.name for p in decoding.image_files(tmp_path)] == ["a.PNG"]
 
 
 def test_an_image_over_the_pixel_limit_names_the_file_and_the_param(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
-    with pytest.raises(images.DataError, match=r"big.png: over prepare.max_image_pixels=300 .*\(20x20\)"):
-        images.read(tmp_path / "big.png", max_pixels=300)
-    assert images.read(tmp_path / "big.png", max_pixels=400)[1] == (20, 20)
+    with pytest.raises(decoding.DataError, match=r"big.png: over prepare.max_image_pixels=300 .*\(20x20\)"):
+        decoding.read(tmp_path / "big.png", max_pixels=300)
+    assert decoding.read(tmp_path / "big.png", max_pixels=400)[1] == (20, 20)

@@ -1,19 +1,15 @@
-import pickle
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from {{ cookiecutter.package_name }}.lib import data
+from {{ cookiecutter.package_name }}.lib import ingest
 
 
 @pytest.mark.parametrize("task,num_classes", [("segmentation", 2), ("segmentation", 4), ("classification", 3)])
 def test_synthetic_is_seeded_and_well_formed(task, num_classes):
-    a = data.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=1)
-    b = data.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=1)
-    c = data.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=2)
+    a = ingest.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=1)
+    b = ingest.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=1)
+    c = ingest.make_synthetic(task, n=12, size=32, num_classes=num_classes, seed=2)
     images, targets, names = a
     assert np.array_equal(images, b[0]) and np.array_equal(targets, b[1])
     assert not np.array_equal(images, c[0])
@@ -28,97 +24,28 @@ def test_synthetic_is_seeded_and_well_formed(task, num_classes):
 
 
 def test_synthetic_rejects_unsupported_class_count():
-    with pytest.raises(data.DataError, match="num_classes"):
-        data.make_synthetic("classification", n=4, size=32, num_classes=9, seed=0)
+    with pytest.raises(ingest.DataError, match="num_classes"):
+        ingest.make_synthetic("classification", n=4, size=32, num_classes=9, seed=0)
 
 
 def test_splits_are_disjoint_complete_and_seeded():
-    s = data.split_indices(100, 0.15, 0.15, seed=0)
+    s = ingest.split_indices(100, 0.15, 0.15, seed=0)
     assert [len(s[k]) for k in ("train", "val", "test")] == [70, 15, 15]
     assert sorted(np.concatenate(list(s.values())).tolist()) == list(range(100))
-    assert np.array_equal(s["val"], data.split_indices(100, 0.15, 0.15, seed=0)["val"])
+    assert np.array_equal(s["val"], ingest.split_indices(100, 0.15, 0.15, seed=0)["val"])
 
 
 def test_too_few_images_for_a_split():
-    with pytest.raises(data.DataError, match="too few"):
-        data.split_indices(3, 0.15, 0.15, seed=0)
+    with pytest.raises(ingest.DataError, match="too few"):
+        ingest.split_indices(3, 0.15, 0.15, seed=0)
 
 
 def test_channel_stats_on_known_values():
     images = np.zeros((2, 1, 2, 3), np.uint8)
     images[0, ..., 0] = 255  # red channel: half the pixels 1.0, half 0.0
-    mean, std = data.channel_stats(images)
+    mean, std = ingest.channel_stats(images)
     assert mean[0] == pytest.approx(0.5) and std[0] == pytest.approx(0.5)
     assert mean[1] == 0 and std[1] > 0  # std floored: normalisation never divides by zero
-
-
-def _seg_rows(n=6, size=8):
-    images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    return images, (images[..., 0] > 127).astype(np.uint8)  # the mask marks where channel 0 is bright
-
-
-def test_split_augmentation_moves_masks_with_images():
-    images, masks = _seg_rows()
-    ds = data.Split(images, masks, augment={"hflip": True, "vflip": True, "rot90": True}, seed=0)
-    moved = 0
-    for epoch in range(3):
-        ds.set_epoch(epoch)
-        for i in range(len(ds)):
-            x, y = ds[i]
-            assert x.dtype == torch.uint8 and x.shape == (3, 8, 8) and y.dtype == torch.int64
-            assert torch.equal((x[0] > 127).long(), y)  # every geometric transform moved both alike
-            moved += not torch.equal(x, torch.from_numpy(images[i]).permute(2, 0, 1))
-    assert moved > 0
-
-
-def test_augmentation_is_per_sample_seeded_whatever_the_workers():
-    images, masks = _seg_rows(n=8)
-    cfg = {"hflip": True, "rot90": True, "brightness": 0.3, "crop_scale": [0.5, 1.0]}
-    ds = data.Split(images, masks, augment=cfg, seed=3)
-    a = ds[5]
-    assert all(torch.equal(u, v) for u, v in zip(a, ds[5], strict=True))  # same seed, epoch, sample
-    ds.set_epoch(1)
-    assert not torch.equal(a[0], ds[5][0])  # a new draw next epoch
-
-    def batches(workers):
-        loader = DataLoader(ds, batch_size=4, num_workers=workers)
-        return [b for batch in loader for b in batch]
-    assert all(torch.equal(u, v) for u, v in zip(batches(0), batches(2), strict=True))
-
-
-def test_a_split_travels_to_spawned_workers_as_its_folder(tmp_path):
-    images, masks = _seg_rows(n=40, size=16)  # 30 KB of images
-    data.write_split(tmp_path / "s", zip(images, masks, strict=True), 40, 16, "segmentation", 2)
-    split = data.Split.open(tmp_path / "s", {"hflip": True}, seed=1)
-    blob = pickle.dumps(split)
-    assert len(blob) < images.nbytes / 10  # not a copy of the rows
-    assert all(torch.equal(u, v) for u, v in zip(split[3], pickle.loads(blob)[3], strict=True))
-
-
-def test_classification_split_gives_scalar_labels():
-    images = np.zeros((3, 4, 4, 3), np.uint8)
-    ds = data.Split(images, np.array([2, 0, 1]), augment={"hflip": True, "brightness": 0.2})
-    x, y = data.head(ds, 3)
-    assert x.shape == (3, 3, 4, 4) and y.tolist() == [2, 0, 1]
-
-
-def test_written_split_reads_back_lazily(tmp_path):
-    images, masks = _seg_rows(n=5)
-    sums = data.write_split(tmp_path / "s", zip(images, masks, strict=True), 5, 8, "segmentation", 2)
-    mean, std = data.channel_stats_from(sums["sums"], sums["pixels"])
-    pixels = images.reshape(-1, 3) / 255
-    assert np.allclose(mean, pixels.mean(0)) and np.allclose(std, pixels.std(0))
-    assert sums["counts"].tolist() == np.bincount(masks.ravel(), minlength=2).tolist()
-    x, y = data.load_split(tmp_path / "s")
-    assert isinstance(data.open_split(tmp_path / "s")[0], np.memmap)
-    assert len(x) == 5 and torch.equal(x[1:3], torch.from_numpy(images[1:3]).permute(0, 3, 1, 2))
-    assert torch.equal(y[torch.tensor([4, 0])], torch.from_numpy(masks[[4, 0]]).long())
-
-
-def test_rows_short_of_the_declared_count_are_an_error(tmp_path):
-    images, masks = _seg_rows(n=2)
-    with pytest.raises(RuntimeError, match="wrote 2 rows, expected 3"):
-        data.write_split(tmp_path / "s", zip(images, masks, strict=True), 3, 8, "segmentation", 2)
 
 
 def _png(path, array):
@@ -137,10 +64,10 @@ def _segmentation_folder(root, n=4, size=20):
 
 def load_folder(task, root, size, num_classes):
     """What prepare does with a folder, in one process: (images, targets, class names, num_classes)."""
-    items, names, num_classes = data.folder_items(task, root, num_classes)
+    items, names, num_classes = ingest.folder_items(task, root, num_classes)
     if num_classes == "auto":
-        num_classes = data.mask_classes([m for _, m in items])
-    rows = list(data.decoded(items, None, task=task, size=size, resize="stretch", window=None,
+        num_classes = ingest.mask_classes([m for _, m in items])
+    rows = list(ingest.decoded(items, None, task=task, size=size, resize="stretch", window=None,
                              num_classes=num_classes))
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), names, num_classes
 
@@ -165,7 +92,7 @@ def test_segmentation_num_classes_auto(tmp_path, values, expected):
 def test_segmentation_auto_refuses_255_among_classes(tmp_path):
     _segmentation_folder(tmp_path, n=2)
     _png(tmp_path / "masks" / "im0.png", np.full((20, 20), 2, np.uint8))
-    with pytest.raises(data.DataError, match="255 is the binary foreground"):
+    with pytest.raises(ingest.DataError, match="255 is the binary foreground"):
         load_folder("segmentation", tmp_path, size=8, num_classes="auto")
 
 
@@ -192,13 +119,13 @@ def test_load_classification_folder(tmp_path):
 def test_bad_segmentation_data_names_the_file(tmp_path, break_it, message):
     _segmentation_folder(tmp_path)
     break_it(tmp_path)
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(ingest.DataError, match=message):
         load_folder("segmentation", tmp_path, size=16, num_classes=2)
 
 
 def test_wrong_number_of_class_folders(tmp_path):
     _png(tmp_path / "only" / "a.png", np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(data.DataError, match="found 1 class folders"):
+    with pytest.raises(ingest.DataError, match="found 1 class folders"):
         load_folder("classification", tmp_path, size=8, num_classes=2)
-    with pytest.raises(data.DataError, match="auto found 1 class folders"):
+    with pytest.raises(ingest.DataError, match="auto found 1 class folders"):
         load_folder("classification", tmp_path, size=8, num_classes="auto")

@@ -1,9 +1,9 @@
-"""Datasets: synthetic shapes, the user's image folders decoded in parallel and streamed to disk, splits,
-statistics, and the memory-mapped Dataset every later stage reads.
+"""prepare's side of the data: synthetic shapes or the user's image folders, decoded in parallel and streamed
+to disk as splits, with their statistics. The later stages read the splits through dataset.py.
 
-A prepared split is a folder of two .npy files (paths.split): images.npy, uint8 (N, H, W, 3), and targets.npy,
-uint8 masks (N, H, W) holding class indices for segmentation or int64 labels (N,) for classification. prepare
-writes them row by row; the stages memory-map them and read only the rows they use.
+A prepared split is a folder of two .npy files (paths.split, paths.SPLIT_FILES): images.npy, uint8 (N, H, W, 3),
+and targets.npy, uint8 masks (N, H, W) holding class indices for segmentation or int64 labels (N,) for
+classification, written row by row: memory holds one image, whatever the number of images.
 
     >>> images, masks, names = make_synthetic("segmentation", n=4, size=32, num_classes=2, seed=0)
     >>> images.shape, masks.shape, names
@@ -20,12 +20,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from {{ cookiecutter.package_name }}.lib import images as decoding
+from {{ cookiecutter.package_name }}.lib import decoding, paths
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross")
-FILES = ("images.npy", "targets.npy")  # in each split's folder
 
 
 DataError = decoding.DataError  # bad input data; the message names the file and the problem
@@ -261,8 +259,8 @@ def write_split(folder, rows, n, size, task, num_classes):
     target_dtype, target_shape = (np.uint8, (n, size, size)) if seg else (np.int64, (n,))
     sums, counts = np.zeros((2, 3), np.int64), np.zeros(num_classes, np.int64)
     written = 0
-    with _npy_writer(folder / FILES[0], np.uint8, (n, size, size, 3)) as fi, \
-            _npy_writer(folder / FILES[1], target_dtype, target_shape) as ft:
+    with _npy_writer(folder / paths.SPLIT_FILES[0], np.uint8, (n, size, size, 3)) as fi, \
+            _npy_writer(folder / paths.SPLIT_FILES[1], target_dtype, target_shape) as ft:
         for image, target, *_ in rows:
             pixels = image.reshape(-1, 3).astype(np.int64)
             sums += np.stack([pixels.sum(0), (pixels * pixels).sum(0)])
@@ -288,147 +286,11 @@ def channel_stats(images):
     return channel_stats_from(np.stack([pixels.sum(0), (pixels * pixels).sum(0)]), len(pixels))
 
 
-def digest(paths_):
+def digest(sources):
     """sha256 over the bytes of the given files, in order, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    for path in paths_:
+    for path in sources:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
-
-
-# --- reading prepared splits --------------------------------------------------------------------------------
-
-def open_split(folder):
-    """The split's two arrays, memory-mapped read-only: nothing is read until a row is indexed."""
-    return tuple(np.load(Path(folder) / name, mmap_mode="r") for name in FILES)
-
-
-class _Rows:
-    # Torch rows of a memory-mapped array, read on indexing (an int, a slice, or an index array / tensor).
-    def __init__(self, array, image):
-        self.array, self.image = array, image
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, i):
-        if isinstance(i, torch.Tensor):
-            i = i.numpy()
-        rows = torch.from_numpy(np.array(self.array[i]))  # a copy: the map is read-only
-        return rows.movedim(-1, -3).contiguous() if self.image else rows.long()  # (..., H, W, 3) -> (..., 3, H, W)
-
-
-def load_split(folder):
-    """(images, targets) of a prepared split, read lazily: images[i] / images[a:b] / images[index tensor] give
-    uint8 (B, 3, H, W) tensors, targets the int64 masks (B, H, W) or labels (B,)."""
-    images, targets = open_split(folder)
-    return _Rows(images, True), _Rows(targets, False)
-
-
-def to_float(images):
-    """uint8 (B, 3, H, W) -> float32 in [0, 1]; normalisation happens inside the model."""
-    return images.float().div_(255)
-
-
-def batches(images, targets, batch_size):
-    """(float32 (B, 3, H, W) in [0, 1], targets) batches, in order, of uint8 images (N, 3, H, W) or of float
-    images already in [0, 1] (adversarial or corrupted copies)."""
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        yield (to_float(x) if x.dtype == torch.uint8 else x), targets[i:i + batch_size]
-
-
-# --- the Dataset and its augmentation -----------------------------------------------------------------------
-
-def augmentation(cfg):
-    """torchvision.transforms.v2 pipeline from params' train.augment (rot90 is applied by Split itself:
-    v2 has no 90-degree rotation), or None when nothing is on. Masks ride along as tv_tensors.Mask: geometric
-    transforms move them (nearest neighbour), colour transforms leave them alone."""
-    from torchvision.transforms import v2
-
-    steps = []
-    if cfg.get("crop_scale"):
-        steps.append(v2.RandomResizedCrop(cfg["size"], scale=tuple(cfg["crop_scale"]), antialias=True))
-    if cfg.get("hflip"):
-        steps.append(v2.RandomHorizontalFlip())
-    if cfg.get("vflip"):
-        steps.append(v2.RandomVerticalFlip())
-    jitter = {k: cfg.get(k) or 0 for k in ("brightness", "contrast", "saturation", "hue")}
-    if any(jitter.values()):
-        steps.append(v2.ColorJitter(**jitter))
-    return v2.Compose(steps) if steps else None
-
-
-def sample_seed(seed, epoch, index):
-    """A seed of its own for each (seed, epoch, sample): augmentation independent of loader workers and ranks."""
-    return int(np.random.SeedSequence([seed, epoch, int(index)]).generate_state(1)[0])
-
-
-class Split(torch.utils.data.Dataset):
-    """Rows of a prepared split: (uint8 image (3, H, W), int64 target: mask (H, W) or label ()).
-
-    With `augment` (params' train.augment), each row is augmented from its own seed, drawn from (seed, epoch,
-    index): the same sample gets the same augmentation whatever the number of loader workers or DDP ranks,
-    and a different one each epoch (`set_epoch`)."""
-
-    def __init__(self, images, targets, augment=None, seed=0):
-        self.images, self.targets = images, targets  # (N, H, W, 3) uint8 and (N, ...) arrays, e.g. memory-mapped
-        self.seed, self.epoch = seed, 0
-        self.rot90 = bool(augment and augment.get("rot90"))
-        self.transform = augmentation({**augment, "size": images.shape[1:3]}) if augment else None
-
-    @classmethod
-    def open(cls, folder, augment=None, seed=0):
-        split = cls(*open_split(folder), augment=augment, seed=seed)
-        split.folder = folder
-        return split
-
-    def __getstate__(self):
-        # Sent to spawned loader workers (macOS, Windows) as its folder, not as a pickled copy of the map.
-        state = dict(self.__dict__)
-        if state.get("folder") is not None:
-            state["images"] = state["targets"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.images is None:
-            self.images, self.targets = open_split(self.folder)
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (3, H, W) uint8, a copy
-        y = torch.from_numpy(np.array(self.targets[i])).long()  # (H, W) or ()
-        if self.transform is None and not self.rot90:
-            return x, y
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also queue a CUDA seeding per sample.
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
-            return self._augment(x, y)
-
-    def _augment(self, x, y):
-        from torchvision import tv_tensors
-
-        seg = y.dim() == 2
-        if self.transform is not None:
-            if seg:
-                x, y = self.transform(tv_tensors.Image(x), tv_tensors.Mask(y))
-            else:
-                x = self.transform(tv_tensors.Image(x))
-        if self.rot90 and x.shape[-1] == x.shape[-2]:
-            k = int(torch.randint(0, 4, ()))
-            x, y = x.rot90(k, (-2, -1)), (y.rot90(k, (-2, -1)) if seg else y)
-        return x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)
-
-
-def head(dataset, n):
-    """The first n rows of a Dataset, stacked: (uint8 (n, 3, H, W), targets)."""
-    rows = [dataset[i] for i in range(min(n, len(dataset)))]
-    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
