@@ -12,7 +12,7 @@ import argparse
 
 import mlflow
 
-from {{ cookiecutter.package_name }}.lib import files, params, paths, plots, report, stage, task, tracking
+from {{ cookiecutter.package_name }}.lib import files, params, paths, plots, report, stage, store, task
 
 # (column, where it comes from: "tag:<name>" or "attr:<name>" or an MLflow metric key; {m} = the task's metric)
 COLUMNS = [
@@ -59,10 +59,10 @@ def main(argv=None):
     cfg = params.load()["mlflow"]
     if not cfg["enabled"]:
         parser.error("mlflow.enabled is false in params.yaml: there are no runs to compare")
-    tracking.connect(cfg, tracking.repo_root())
+    store.connect(cfg, store.repo_root())
     if mlflow.get_experiment_by_name(cfg["experiment"]) is None:
-        store = tracking.mask(mlflow.get_tracking_uri())
-        parser.error(f"no MLflow experiment {cfg['experiment']!r} in {store}: run dvc repro first")
+        parser.error(f"no MLflow experiment {cfg['experiment']!r} in {store.mask(mlflow.get_tracking_uri())}: "
+                     "run dvc repro first")
     runs = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string="attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=args.max_runs, output_format="list")
     rows = [row_of(r) for r in runs]

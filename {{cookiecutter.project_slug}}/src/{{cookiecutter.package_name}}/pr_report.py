@@ -25,7 +25,7 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.scm import Git, RevError, resolve_rev
 
-from {{ cookiecutter.package_name }}.lib import files, paths, report, stage, tracking
+from {{ cookiecutter.package_name }}.lib import files, paths, report, stage, store
 
 WORKSPACE = "workspace"  # DVC's name for the files as they are now, committed or not
 IMAGES = (paths.CURVES, paths.PREDICTIONS, paths.PARETO, paths.ROBUSTNESS_CURVE_PNG)
@@ -41,7 +41,7 @@ def cell(value):
     """A value for the table; a URI's password masked (a report may end up in a public pull request)."""
     if value is None:
         return "—"
-    return f"{value:.4g}" if isinstance(value, float) else tracking.mask(str(value))
+    return f"{value:.4g}" if isinstance(value, float) else store.mask(str(value))
 
 
 def change(old, new):
@@ -83,7 +83,7 @@ def run_link(run_file, tracking_uri):
     if url.scheme in ("http", "https"):
         host = url.hostname + (f":{url.port}" if url.port else "")
         return f"[{run_id}]({url.scheme}://{host}{url.path.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
-    return f"`{run_id}` in {tracking.mask(tracking_uri or 'the default store')}"
+    return f"`{run_id}` in {store.mask(tracking_uri or 'the default store')}"
 
 
 def read_at(root, path, rev):
@@ -183,7 +183,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(paths.PR_REPORT), help="output folder (%(default)s)")
     parser.add_argument("--image-url", help="link plots at <IMAGE_URL>/<commit>/<path> instead of copying them")
     args = parser.parse_args(argv)
-    root = tracking.repo_root()
+    root = store.repo_root()
     repo = open_repo(root)
     revs = {"base": resolve(repo, args.base, "--base"), "branch": resolve(repo, args.head, "--head")}
     if args.image_url and revs["branch"][1] is None:
@@ -192,7 +192,7 @@ def main(argv=None):
     params, metrics = compare(repo, *(commit or rev for rev, commit in revs.values()))
     run_files = {side: {k: v[i] for (f, k), v in metrics.items() if f == str(paths.RUN_FILE)}
                  for i, side in enumerate(("base", "branch"))}
-    tracking_uris = {side: tracking.tracking_uri(params.get(("params.yaml", "mlflow.tracking_uri"), (None, None))[i]
+    tracking_uris = {side: store.tracking_uri(params.get(("params.yaml", "mlflow.tracking_uri"), (None, None))[i]
                                                  or "", root) for i, side in enumerate(("base", "branch"))}
     out = Path(args.out)
     shutil.rmtree(out / "plots", ignore_errors=True)  # an earlier report's images

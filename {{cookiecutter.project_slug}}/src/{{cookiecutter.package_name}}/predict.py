@@ -58,6 +58,7 @@ from {{ cookiecutter.package_name }}.lib import (
     report,
     serving,
     stage,
+    store,
     task,
     tracking,
 )
@@ -102,7 +103,7 @@ def load_model(uri, mlflow_cfg):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(mlflow_cfg["tracking_uri"], tracking.repo_root()))
+    mlflow.set_tracking_uri(store.tracking_uri(mlflow_cfg["tracking_uri"], store.repo_root()))
     model = mlflow.pyfunc.load_model(uri)
     run_id = model.metadata.run_id
     info_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"config/{paths.DATASET.name}")

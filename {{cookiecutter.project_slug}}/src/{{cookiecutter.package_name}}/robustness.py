@@ -32,6 +32,7 @@ from {{ cookiecutter.package_name }}.lib import (
     runtime,
     security,
     stage,
+    store,
     task,
     tracking,
 )
@@ -145,7 +146,7 @@ def audit(p, run, deploy):
     findings, _ = security.audit(
         model_files=[paths.CHECKPOINT, deploy_path], scan_dir=paths.CHECKPOINT.parent,
         model_uri=json.loads(paths.RUN_FILE.read_text()).get("model_uri"),
-        tracking_uri=tracking.tracking_uri(p["mlflow"]["tracking_uri"], tracking.repo_root()), values=values,
+        tracking_uri=store.tracking_uri(p["mlflow"]["tracking_uri"], store.repo_root()), values=values,
         input_shape=models.checkpoint_info(paths.CHECKPOINT)["input_shape"])
     hashes = {str(a): files.sha256(a) for a in artifacts}
     findings.append(security.finding("sha256", "PASS", "info", json.dumps(hashes)))

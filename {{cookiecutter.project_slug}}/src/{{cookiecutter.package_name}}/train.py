@@ -32,6 +32,7 @@ from {{ cookiecutter.package_name }}.lib import (
     plots,
     runtime,
     stage,
+    store,
     task,
     tracking,
 )
@@ -127,7 +128,7 @@ def start_run(p, info, model_args, world, device):
             "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                         tp["model"]["pretrained"]), tags)
-    print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {tracking.mask(mlflow.get_tracking_uri())}")
+    print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {store.mask(mlflow.get_tracking_uri())}")
     mlflow.log_params(params.flatten(p))
     mlflow.log_dict(environment.installed_versions(), "environment/installed_versions.json")
     mlflow.log_metrics({f"prepare/{k}": v for k, v in files.read_json(paths.metrics("prepare")).items()})

@@ -47,7 +47,7 @@ TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postg
                     "mysql+pymysql://", "mssql://", "databricks")
 
 # Credentials written into a URI: the password of user:password@host, and secret query parameters. A URI is
-# printed and logged with these masked (tracking.mask), and params.yaml / the template's answers refuse them.
+# printed and logged with these masked (store.mask), and params.yaml / the template's answers refuse them.
 URI_PASSWORD = r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:?#]*):[^/@?#]*@"
 URI_SECRET_QUERY = r"(?i)([?&](?:password|passwd|pwd|token|secret|access_key|secret_key)=)[^&#]*"
 

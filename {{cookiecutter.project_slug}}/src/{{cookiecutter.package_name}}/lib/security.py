@@ -23,7 +23,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from {{ cookiecutter.package_name }}.lib import models, names, tracking
+from {{ cookiecutter.package_name }}.lib import models, names, store
 
 # What an installed version below the pyproject.toml floor exposes.
 ADVISORIES = {
@@ -198,7 +198,7 @@ def floors(pyproject):
 
 def check_versions(pyproject=None, installed=None):
     """Installed versions against the pyproject.toml floors; a pre-release of the floor (2.10.0a0) is below it."""
-    pyproject = Path(pyproject or tracking.repo_root() / "pyproject.toml")
+    pyproject = Path(pyproject or store.repo_root() / "pyproject.toml")
     if not pyproject.is_file():
         return [finding("cve-floor", "WARN", "medium", f"{pyproject}: not found, so no version floor was checked "
                         f"({', '.join(ADVISORIES)})", "run from the project root, where pyproject.toml is")]

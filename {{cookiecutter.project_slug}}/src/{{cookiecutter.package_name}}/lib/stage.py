@@ -33,7 +33,7 @@ class ForeignCodeError(ValueError):
 def begin(name):
     """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present, its output
     locations writable with room (leftovers of an interrupted write removed); returns the params. The tracking
-    store is checked as the stage opens its run (tracking.connect), also before any work."""
+    store is checked as the stage opens its run (store.connect), also before any work."""
     check_own_code()
     p = params.load()
     spec = files.stage_spec(name)  # dvc.yaml read once: the inputs it needs, the outputs it writes
