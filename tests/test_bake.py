@@ -19,6 +19,8 @@ ENTRY_POINTS = (*STAGES, "compare", "predict", "pr_report")
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
+    # The README is a map; what it points to lives in the modules' docstrings or in docs/.
+    *(f"docs/{d}.md" for d in ("pipeline", "experiments", "predict", "team", "distributed", "environment")),
     # The entry points (one per DVC stage or command) over one library folder.
     *(f"src/{{pkg}}/{m}.py" for m in ("__init__", *ENTRY_POINTS)),
     *(f"src/{{pkg}}/lib/{m}.py" for m in (

@@ -396,7 +396,7 @@ def test_queue_one_worker_killed_and_recovered_then_two_workers_lose_no_run(pipe
 
     # One worker, SIGKILLed (OOM killer, a closed session) while its experiment trains (1000 epochs: still
     # training however long the worker takes to start); the experiment's own process lives on without it.
-    # Then the recovery the generated README gives, step by step.
+    # Then the recovery the generated docs/experiments.md gives, step by step.
     sh(project, "dvc", "exp", "run", "--queue", "-n", "cut", "-S", "lr=0.003", "-S", "train.epochs=1000",
        "-S", "train.early_stopping_patience=0")
     queue_start(project)  # one worker

@@ -31,7 +31,7 @@ from {{ cookiecutter.package_name }}.lib import models, runtime
 RUNTIMES = runtime.RUNTIMES
 # Images one request may hold: `mlflow models serve` (uvicorn) reads a request body whole, with no size limit of
 # its own, so a larger batch is refused here, before inference; bytes are capped in front of it (a reverse
-# proxy's client_max_body_size, see the README). Set in the server's environment.
+# proxy's client_max_body_size, see docs/predict.md). Set in the server's environment.
 MAX_BATCH_ENV = "MODEL_MAX_BATCH"
 MAX_BATCH_DEFAULT = 64
 # The file MLflow executes when the model loads; set_model hands it the model object. Kept out of this module,
