@@ -216,16 +216,16 @@ def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champio
     assert local["checked"] and registered["checked"] and local["images"] == 2
     assert local["tests"] == registered["tests"]  # the same images against the same training split
     # Champion vs challenger through the registry (one version here, under both aliases): one MLflow run.
-    sh(project, sys.executable, "-m", f"{package}.predict", str(inputs), "--out", str(tmp_path / "ab"), "--compare",
-       f"models:/{project.name}@champion", f"models:/{project.name}@challenger")
-    result = json.loads((tmp_path / "ab" / "compare.json").read_text())
+    sh(project, sys.executable, "-m", f"{package}.challenge", f"models:/{project.name}@champion",
+       f"models:/{project.name}@challenger", str(inputs), "--out", str(tmp_path / "ab"))
+    result = json.loads((tmp_path / "ab" / "challenge.json").read_text())
     assert result["metrics"]["agreement/pixel_mean"] == result["metrics"]["agreement/mean_iou"] == 1.0
-    assert result["latency"]["B"]["runs"] == 20 and (tmp_path / "ab" / "compare.html").is_file()
+    assert result["latency"]["B"]["runs"] == 20 and (tmp_path / "ab" / "challenge.html").is_file()
     assert not list((tmp_path / "ab" / "disagreements").glob("*.png"))  # nowhere do they disagree
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
-    (run,) = mlflow.search_runs(experiment_names=[f"{project.name}-compare"], output_format="list")
-    assert run.data.tags["compare.model_a"] == f"models:/{project.name}@champion"
-    assert run.data.tags["compare.model_b"] == f"models:/{project.name}@challenger"
+    (run,) = mlflow.search_runs(experiment_names=[f"{project.name}-challenge"], output_format="list")
+    assert run.data.tags["challenge.model_a"] == f"models:/{project.name}@champion"
+    assert run.data.tags["challenge.model_b"] == f"models:/{project.name}@challenger"
     assert run.data.metrics["agreement/pixel_mean"] == 1.0
 
 

@@ -1,13 +1,17 @@
 """A scratch copy of this project with tiny params, for tests that run the stages themselves."""
 
+import json
 import socket
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from {{ cookiecutter.package_name }} import prepare, train
+from {{ cookiecutter.package_name }}.lib import corruptions, files, ingest, models, paths
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 TASK = yaml.safe_load(PARAMS.read_text())["prepare"]["task"]
@@ -62,3 +66,37 @@ def closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def deployable(project):
+    """An untrained model of the prepared data's shape as the deployable (predict's contract, not its skill)."""
+    info = json.loads(paths.DATASET.read_text())
+    torch.manual_seed(0)
+    model, model_args = models.for_data({"architecture": "resnet18" if info["task"] == "classification" else "Unet",
+                                         "encoder": "resnet18", "pretrained": False}, info)
+    paths.DEPLOY_DIR.mkdir(parents=True)
+    shape = [3, info["image_size"], info["image_size"]]
+    models.save_checkpoint(paths.DEPLOY_DIR / "model.safetensors", model.eval(), model_args, input_shape=shape)
+    files.write_json(paths.DEPLOY_INFO, {"variant": "fp32", "file": "model.safetensors", "runtime": "pytorch",
+                                         "input_shape": shape, "model_args": model_args})
+    return info
+
+
+def make_pngs(folder, info, seed, corruption=None):
+    """PNGs from the synthetic generator at the training size (a seed prepare never used), optionally under a
+    corruptions.py corruption at severity 5."""
+    images = ingest.make_synthetic(info["task"], 16, info["image_size"], info["num_classes"], seed)[0]
+    if corruption:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        x = corruptions.corrupt(x, corruption, 5, torch.Generator().manual_seed(0))
+        images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture
+def synthetic_pngs():
+    return make_pngs

@@ -3,27 +3,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import yaml
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import predict
-from {{ cookiecutter.package_name }}.lib import corruptions, files, ingest, models, paths
-
-
-@pytest.fixture
-def deployable(project):
-    """An untrained model of the prepared data's shape as the deployable (predict's contract, not its skill)."""
-    info = json.loads(paths.DATASET.read_text())
-    torch.manual_seed(0)
-    model, model_args = models.for_data({"architecture": "resnet18" if info["task"] == "classification" else "Unet",
-                                         "encoder": "resnet18", "pretrained": False}, info)
-    paths.DEPLOY_DIR.mkdir(parents=True)
-    shape = [3, info["image_size"], info["image_size"]]
-    models.save_checkpoint(paths.DEPLOY_DIR / "model.safetensors", model.eval(), model_args, input_shape=shape)
-    files.write_json(paths.DEPLOY_INFO, {"variant": "fp32", "file": "model.safetensors", "runtime": "pytorch",
-                                         "input_shape": shape, "model_args": model_args})
-    return info
+from {{ cookiecutter.package_name }}.lib import paths
 
 
 def _inputs(folder):
@@ -84,23 +67,9 @@ def test_missing_input_and_missing_model_are_named(project, tmp_path):
         predict.main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
 
 
-def _synthetic_pngs(folder, info, seed, corruption=None):
-    """PNGs from the synthetic generator at the training size (a seed prepare never used), optionally under a
-    corruptions.py corruption at severity 5."""
-    images = ingest.make_synthetic(info["task"], 16, info["image_size"], info["num_classes"], seed)[0]
-    if corruption:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        x = corruptions.corrupt(x, corruption, 5, torch.Generator().manual_seed(0))
-        images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    folder.mkdir(parents=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:02d}.png")
-    return folder
-
-
-def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, tmp_path, capsys):
-    same = _synthetic_pngs(tmp_path / "same", deployable, seed=1234)
-    noisy = _synthetic_pngs(tmp_path / "noisy", deployable, seed=1234, corruption="gaussian_noise")
+def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, synthetic_pngs, tmp_path, capsys):
+    same = synthetic_pngs(tmp_path / "same", deployable, seed=1234)
+    noisy = synthetic_pngs(tmp_path / "noisy", deployable, seed=1234, corruption="gaussian_noise")
     predict.main([str(same), "--out", str(tmp_path / "a"), "--fail-on-drift"])  # no exit: no drift
     evidence = json.loads((tmp_path / "a" / "drift.json").read_text())
     assert evidence["checked"] and not evidence["drift"] and evidence["images"] == 16
@@ -118,37 +87,3 @@ def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, tmp_pat
     assert not json.loads((tmp_path / "d" / "drift.json").read_text())["checked"]
     with pytest.raises(FileNotFoundError, match="no drift reference statistics"):
         predict.main([str(same), "--out", str(tmp_path / "e"), "--fail-on-drift"])
-
-
-def test_compare_two_deployables(deployable, tmp_path):
-    p = yaml.safe_load(paths.PARAMS.read_text())
-    p["predict"]["compare"].update(top_k=3, warmup=1, rounds=3)
-    p["mlflow"]["enabled"] = False  # the MLflow run is checked on the template's pipeline (a new store costs ~8 s)
-    paths.PARAMS.write_text(yaml.safe_dump(p))
-    other = tmp_path / "other"  # the same architecture from another seed: a challenger that disagrees
-    torch.manual_seed(1)
-    model, model_args = models.for_data({"architecture": "resnet18" if deployable["task"] == "classification"
-                                         else "Unet", "encoder": "resnet18", "pretrained": False}, deployable)
-    spec = json.loads(paths.DEPLOY_INFO.read_text())
-    other.mkdir()
-    models.save_checkpoint(other / spec["file"], model.eval(), model_args, input_shape=spec["input_shape"])
-    files.write_json(other / paths.DEPLOY_INFO.name, spec)
-    inputs = _synthetic_pngs(tmp_path / "in", deployable, seed=5)
-    out = tmp_path / "out"
-    for wrong in (["--fail-on-drift"], ["--model", str(other)]):  # one model's options: refused, nothing run
-        with pytest.raises(SystemExit) as refused:
-            predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other), *wrong])
-        assert refused.value.code == 2 and not out.exists()
-    predict.main([str(inputs), "--out", str(out), "--compare", str(paths.DEPLOY_DIR), str(other)])
-    result = json.loads((out / "compare.json").read_text())
-    m = result["metrics"]
-    assert m["images"] == 16 and result["latency_batch"] == 16
-    key = "agreement/pixel_mean" if deployable["task"] == "segmentation" else "agreement/label"
-    assert 0 <= m[key] < 1  # two different random models
-    with open(out / "agreement.csv") as f:
-        assert len(list(csv.DictReader(f))) == 16
-    assert len(list((out / "disagreements").glob("*.png"))) == 3
-    assert result["latency"]["A"]["runs"] == 3 and result["latency"]["B"]["speedup"] > 0
-    assert "Where A and B disagree most" in (out / "compare.md").read_text()
-    assert (out / "compare.html").read_text().count("data:image/png;base64") == 3
-    assert not (tmp_path / "mlflow.db").exists()

@@ -174,8 +174,8 @@ SCHEMA = {
     },
     "predict": {
         "drift": {"alpha": number(0, 1, lo_open=True, hi_open=True), "min_effect": number(0, 1)},
-        "compare": {"top_k": integer(1), "warmup": integer(0), "rounds": integer(3)},
     },
+    "challenge": {"top_k": integer(1), "warmup": integer(0), "rounds": integer(3)},
     "mlflow": {"enabled": boolean, "tracking_uri": store_uri, "experiment": string, "system_metrics": boolean,
                "run_name": nullable(string), "timeout_s": number(1),
                "energy": {"enabled": boolean, "country": country}},
