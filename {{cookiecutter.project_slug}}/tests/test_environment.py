@@ -7,8 +7,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from {{ cookiecutter.package_name }} import register, train
-from {{ cookiecutter.package_name }}.lib import environment
+from {{ cookiecutter.package_name }} import train
+from {{ cookiecutter.package_name }}.lib import card, environment
 
 LOCK = Path(__file__).parents[1] / "uv.lock"
 
@@ -77,6 +77,6 @@ def test_model_report_shows_the_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     robustness = {"summary": {"metric": "dice", "score": 0.5, "level": "medium"}, "security": []}
     explained = {"layer": "layer2", "max_rank_correlation": 0.5, "test_images": [], "rows": []}
-    page = register.render_report("T", [], None, [], [], {}, {}, {"explain/flagged": 0, "explain/images": 0},
-                                  explained, {"deployable": "fp32", "variants": {}}, robustness)
+    page = card.page("T", [], None, [], [], {}, {}, {"explain/flagged": 0, "explain/images": 0},
+                     explained, {"deployable": "fp32", "variants": {}}, robustness)
     assert "Environment" in page and environment.lock_sha256() in page and environment.torch_build() in page
