@@ -17,11 +17,11 @@ def test_gate_verdict_is_words():
 
 
 def test_model_card_fits_the_registry_and_says_what_it_left_out():
-    card = [("task", "segmentation"), ("gates", "passed: all 1 gates")]
+    pairs = [("task", "segmentation"), ("gates", "passed: all 1 gates")]
     gates = [{"gate": "min_quality", "value": 0.9, "threshold": 0.8, "passed": True, "verdict": "pass"}]
     explained = {"test_images": [3], "rows": [{"spearman": 0.1, "flagged": False, "note": "changed"}]}
     changes = [{"param": f"p{i}", "value": i, "default": 0} for i in range(400)]  # a long table
-    args = ("T", card, changes, [], gates, {"explain/flagged": 0, "explain/images": 1}, explained)
+    args = ("T", pairs, changes, [], gates, {"explain/flagged": 0, "explain/images": 1}, explained)
     short, full = card.markdown(*args), card.markdown(*args, limit=float("inf"))
     assert len(short) <= card.DESCRIPTION_LIMIT < len(full)
     assert "| task | segmentation |" in short and "## Gates: passed" in short and "| 3 | 0.1 | no | changed |" in short
