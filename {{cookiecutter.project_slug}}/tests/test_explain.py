@@ -5,6 +5,9 @@ import torch
 from torch import nn
 
 from {{ cookiecutter.package_name }}.lib import explain, models, names
+from {{ cookiecutter.package_name }}.lib.task import Task
+
+BINARY, MULTI, CLASSES = Task("segmentation", 2), Task("segmentation", 3), Task("classification", 3)
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 needs_smp = pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,
@@ -77,26 +80,26 @@ def test_rank_correlation():
 
 def test_segmentation_score_is_the_foreground_logit_over_the_predicted_region():
     logits = torch.tensor([[[[2.0, -1.0], [3.0, -4.0]]]])  # (1, 1, 2, 2) binary
-    region = explain.targets(logits, "segmentation", binary=True)
+    region = explain.targets(logits, BINARY)
     assert region.tolist() == [[[1, -1], [1, -1]]]
-    assert explain.score(logits, region, "segmentation", binary=True).item() == 5.0  # 2 + 3
+    assert explain.score(logits, region, BINARY).item() == 5.0  # 2 + 3
     nothing = torch.full((1, 1, 2, 2), -1.0)  # no foreground predicted: the whole image's foreground logit
-    assert explain.score(nothing, explain.targets(nothing, "segmentation", True), "segmentation", True).item() == -4.0
+    assert explain.score(nothing, explain.targets(nothing, BINARY), BINARY).item() == -4.0
 
 
 def test_multiclass_score_takes_each_pixel_s_predicted_class():
     logits = torch.zeros(1, 3, 1, 2)
     logits[0, 1, 0, 0], logits[0, 2, 0, 1] = 5.0, 7.0  # pixel 0 -> class 1, pixel 1 -> class 2
-    region = explain.targets(logits, "segmentation", binary=False)
+    region = explain.targets(logits, MULTI)
     assert region.tolist() == [[[1, 2]]]
-    assert explain.score(logits, region, "segmentation", binary=False).item() == 12.0
+    assert explain.score(logits, region, MULTI).item() == 12.0
 
 
 def test_classification_score_is_the_predicted_class_logit():
     logits = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 0.5]])
-    target = explain.targets(logits, "classification", binary=False)
+    target = explain.targets(logits, CLASSES)
     assert target.tolist() == [1, 0]
-    assert explain.score(logits, target, "classification", False).tolist() == [3.0, 2.0]
+    assert explain.score(logits, target, CLASSES).tolist() == [3.0, 2.0]
 
 
 class LeftHalf(nn.Module):
@@ -112,8 +115,8 @@ def test_maps_follow_the_evidence_at_the_input_s_size():
     with torch.no_grad():
         model[-1].weight.fill_(1.0)  # every feature counts for both classes: maps are not all zero
     x = torch.rand(2, 3, 16, 16)
-    target = explain.targets(model(x), "classification", False)
-    maps = explain.grad_cam(model, x, target, "classification", False, features)
+    target = explain.targets(model(x), CLASSES)
+    maps = explain.grad_cam(model, x, target, CLASSES, features)
     assert maps.shape == (2, 16, 16) and maps.min() >= 0
     assert torch.allclose(maps.flatten(1).amax(1), torch.ones(2))  # scaled to [0, 1] per image
     assert maps[:, :, :6].sum() > 0 and maps[:, :, 10:].sum() == 0
@@ -122,10 +125,10 @@ def test_maps_follow_the_evidence_at_the_input_s_size():
 def test_an_unchanged_map_is_flagged():
     model = _build("classification", "resnet18", num_classes=3)
     x = torch.rand(2, 3, 64, 64)
-    same = explain.explain(model, model, x, "classification", False, max_correlation=0.5)  # "randomised" = itself
+    same = explain.explain(model, model, x, CLASSES, max_correlation=0.5)  # "randomised" = itself
     assert all(r["spearman"] == pytest.approx(1.0) and r["flagged"] for r in same["rows"])
     other = explain.randomised(lambda: models.build_model("classification", "resnet18", None, 3, MEAN, STD), seed=1)
-    changed = explain.explain(model, other, x, "classification", False, max_correlation=0.99)
+    changed = explain.explain(model, other, x, CLASSES, max_correlation=0.99)
     assert changed["layer"] == "layer2" and changed["trained"].shape == (2, 64, 64)
     assert any(not r["flagged"] for r in changed["rows"])
     m = explain.metrics_of(same["rows"])

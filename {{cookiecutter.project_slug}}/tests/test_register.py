@@ -41,7 +41,7 @@ def test_an_unreliable_latency_neither_passes_nor_fails_its_gate():
     latency, quality = gates
     assert latency["passed"] is False and latency["verdict"] == "unreliable: p90/p50 3.10 > 1.5"
     assert quality["passed"] and quality["verdict"] == "pass"
-    assert register.flat_metrics(False, gates, {"registered": False})["gates_unreliable"] == 1
+    assert register.decision_metrics(False, gates, {"registered": False})["gates_unreliable"] == 1
 
 
 def test_promotion_policy():

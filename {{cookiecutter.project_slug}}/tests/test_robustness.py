@@ -17,13 +17,13 @@ def _tiny_classifier():
 
 def _loss(model, x, y):
     with torch.no_grad():
-        return task_module.cross_entropy(model(x), y, "classification", 3).item()
+        return task_module.cross_entropy(model(x), y, task_module.Task("classification", 3)).item()
 
 
 def test_attacks_behave_like_attacks():
     model = _tiny_classifier()
     x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 3, (32,))
-    loss = lambda logits, t: task_module.cross_entropy(logits, t, "classification", 3)  # noqa: E731
+    loss = lambda logits, t: task_module.cross_entropy(logits, t, task_module.Task("classification", 3))  # noqa: E731
     assert torch.equal(robustness.fgsm(model, x, y, 0, loss), x)  # epsilon 0 changes nothing
     g = torch.Generator().manual_seed(0)
     losses = []
@@ -41,7 +41,8 @@ def test_bootstrap_interval_brackets_the_estimate():
     y = torch.randint(0, 3, (40,))
     logits = torch.nn.functional.one_hot(y, 3).float()
     logits[:10] = logits[:10].roll(1, dims=1)  # 10 of 40 wrong: accuracy 0.75
-    out = robustness.evaluate(lambda x: x, logits, y, "classification", 3, batch_size=8, resamples=500, seed=0)
+    out = robustness.scores_with_interval(lambda x: x, logits, y, task_module.Task("classification", 3), batch_size=8,
+                                          resamples=500, seed=0)
     assert out["accuracy"] == 0.75
     assert out["accuracy_ci_low"] < 0.75 < out["accuracy_ci_high"]
 

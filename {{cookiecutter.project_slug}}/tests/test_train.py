@@ -16,6 +16,8 @@ from {{ cookiecutter.package_name }} import train
 from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params
 from {{ cookiecutter.package_name }}.lib import task as task_module
 
+CLASSES = task_module.Task("classification", 3)
+
 
 def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     torch.manual_seed(seed)
@@ -23,12 +25,12 @@ def _tiny_fit(seed, epochs=3, lr=0.01, patience=0):
     ds = dataset.Split(images, labels, augment={"hflip": True, "rot90": True, "brightness": 0.1}, seed=seed)
     model = models.build_model("classification", "resnet18", None, 3, [0.5] * 3, [0.25] * 3)
     opt = optim.make_optimizer(model, {"name": "adamw"}, lr)
-    loss = task_module.make_loss("classification", "ce", 3)
+    loss = task_module.make_loss(CLASSES, "ce")
     best_state, history, best_epoch = train.fit(
         model, DataLoader(ds, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed)),
         DataLoader(dataset.Split(images, labels), batch_size=16), loss, opt,
         optim.make_scheduler(opt, {"name": "cosine"}, epochs), epochs=epochs, patience=patience,
-        task_name="classification", num_classes=3, device=torch.device("cpu"))
+        t=CLASSES, device=torch.device("cpu"))
     return best_state, history, best_epoch
 
 
@@ -55,7 +57,7 @@ def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
     opt = optim.make_optimizer(model, {"name": "sgd"}, 0.1)
     with pytest.raises(ValueError, match="training diverged at epoch 1, batch 2 of 3: loss nan"):
         train.fit(model, DataLoader(ds, batch_size=16), DataLoader(ds, batch_size=16), loss, opt, None, epochs=2,
-                  patience=0, task_name="classification", num_classes=3, device=torch.device("cpu"))
+                  patience=0, t=CLASSES, device=torch.device("cpu"))
     assert len(calls) == 2  # stopped at that batch
     after = model.state_dict()
     assert all(torch.isfinite(after[k]).all() and not torch.equal(before[k], after[k]) for k in after)  # one good step
@@ -75,7 +77,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     opt = optim.make_optimizer(model, {"name": "sgd"}, 0.1)
     w0 = model.weight.item()
     best_state, history, best_epoch = train.fit(
-        model, None, None, None, opt, None, epochs=10, patience=2, task_name="classification", num_classes=2,
+        model, None, None, None, opt, None, epochs=10, patience=2, t=task_module.Task("classification", 2),
         device=torch.device("cpu"))
     assert best_epoch == 2 and len(history) == 4
     assert best_state["weight"].item() == pytest.approx(w0 + 2)

@@ -11,7 +11,6 @@ plots/analyze/explanations.png, and logs the same metrics and files into the pip
 import csv
 import io
 
-import mlflow
 import numpy as np
 import torch
 
@@ -73,8 +72,7 @@ def explanations(model, model_args, split, count, seed, max_correlation):
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False))
     x, y = dataset.to_float(images[chosen]), targets[chosen]  # (N, 3, H, W) in [0, 1]; (N, H, W) or (N,)
     control = explain.randomised(lambda: models.build_model(**model_args), seed)
-    result = explain.explain(model, control, x, model_args["task"],
-                             task.is_binary(model_args["task"], model_args["num_classes"]), max_correlation)
+    result = explain.explain(model, control, x, task.Task.of(model_args), max_correlation)
     return x, y, result, chosen.tolist()
 
 
@@ -98,13 +96,13 @@ def render_html(summary, metrics, rows):
 
 
 def main():
-    p = stage.begin("analyze")
-    ap = p["analyze"]
+    st = stage.begin("analyze")
+    p, ap = st.params, st.section
     if ap.get("threads"):
         torch.set_num_threads(ap["threads"])
     model, model_args = models.load_checkpoint(paths.CHECKPOINT)
     input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
-    with tracking.pipeline_run(p["mlflow"], "analyze") as run:
+    with tracking.pipeline_run(p["mlflow"], st.name) as run:
         summary, rows = analyze(model, input_shape, ap["batch_size"], ap["warmup"], ap["runs"])
         metrics = metrics_of(summary, paths.CHECKPOINT.stat().st_size, ap["max_p90_p50"])
         ep = ap["explain"]
@@ -125,18 +123,14 @@ def main():
         writer.writerows(rows)
         with files.atomic_path(paths.ANALYZE_LAYERS) as tmp:
             tmp.write_text(buf.getvalue())
-        files.write_json(paths.metrics("analyze"), metrics)
-        if run:
-            mlflow.log_metrics({f"analyze/{k}": v for k, v in metrics.items()})
-            mlflow.set_tags({"family": summary["family"], "analyze.cpu": summary["protocol"]["cpu"],
-                             "analyze.threads": str(summary["protocol"]["threads"])})
-            for path in (paths.ANALYZE_REPORT, paths.ANALYZE_HTML, paths.ANALYZE_LAYERS, paths.EXPLANATIONS):
-                mlflow.log_artifact(str(path), "analyze")
+        st.publish(run, metrics, (paths.ANALYZE_REPORT, paths.ANALYZE_HTML, paths.ANALYZE_LAYERS, paths.EXPLANATIONS),
+                   {"family": summary["family"], "analyze.cpu": summary["protocol"]["cpu"],
+                    "analyze.threads": str(summary["protocol"]["threads"])})
     b1 = summary["latency"]["batch_1"]
     print(f"analyze: {summary['family']} {metrics['params/total']:,} params, {summary['macs'] / 1e9:.3f} GMACs, "
           f"batch-1 p50 {b1['p50_ms']:.2f} ms (p90 {b1['p90_ms']:.2f}) on {summary['protocol']['threads']} "
           f"threads; Grad-CAM at {result['layer']}: {metrics['explain/flagged']} of {len(chosen)} maps flagged by the "
-          f"randomisation check -> {paths.metrics('analyze')}, {paths.ANALYZE_HTML}, {paths.EXPLANATIONS}")
+          f"randomisation check -> {st.metrics_file}, {paths.ANALYZE_HTML}, {paths.EXPLANATIONS}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import mlflow
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -143,17 +142,16 @@ def timed(fns, input_shape, lat):
     return b1, bn
 
 
-def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
+def measure_variants(variants, input_shape, lat, test, t):
     """{name: sizes, test quality, latency at batch 1 and N (interleaved), agreement with fp32's predictions}."""
     b1, bn = timed({name: fn for name, (fn, _) in variants.items()}, input_shape, lat)
-    metric, table, fp32_size, fp32_preds = task.primary_metric(task_name), {}, None, None
+    metric, table, fp32_size, fp32_preds = t.metric, {}, None, None
     for name, (fn, path) in variants.items():
-        out = task.evaluate(fn, dataset.batches(*test, lat["batch_size"]), task_name, num_classes,
-                            keep_predictions=True)
+        out = task.score_batches(fn, dataset.batches(*test, lat["batch_size"]), t, keep_predictions=True)
         fp32_preds = out["predictions"] if fp32_preds is None else fp32_preds  # fp32 comes first
         sizes = file_sizes(path)
         fp32_size = fp32_size or sizes["size_mb"]
-        table[name] = {**sizes, **task.scores(task_name, task.reduce(out["stats"])), "latency_batch_1": b1[name],
+        table[name] = {**sizes, **task.scores(t, task.reduce(out["stats"])), "latency_batch_1": b1[name],
                        "latency_batch_n": bn[name], "size_change": sizes["size_mb"] / fp32_size - 1,
                        "agreement": (out["predictions"] == fp32_preds).double().mean().item()}
     for v in table.values():
@@ -161,7 +159,7 @@ def measure_variants(variants, input_shape, lat, test, task_name, num_classes):
     return table
 
 
-def flat_metrics(table, chosen, metric):
+def variant_metrics(table, chosen, metric):
     """metrics/optimize.json: the deployable's headline figures (every variant's are in reports/optimize.json)."""
     b1 = table[chosen]["latency_batch_1"]
     return {"deployable/p50_ms_batch_1": b1["p50_ms"], "deployable/p90_p50_batch_1": b1["p90_p50"],
@@ -187,19 +185,18 @@ def write_deployable(source, chosen, table, metric, input_shape, model_args):
 # --- the stage ----------------------------------------------------------------------------------------------
 
 def main():
-    p = stage.begin("optimize")
-    op, lat = p["optimize"], p["optimize"]["latency"]
+    st = stage.begin("optimize")
+    p, op, lat = st.params, st.section, st.section["latency"]
     model, model_args = models.load_checkpoint(paths.CHECKPOINT)
     input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
-    task_name, num_classes = model_args["task"], model_args["num_classes"]
-    metric = task.primary_metric(task_name)
-    with tracking.pipeline_run(p["mlflow"], "optimize") as run, tempfile.TemporaryDirectory() as tmp:
+    t = task.Task.of(model_args)
+    metric = t.metric
+    with tracking.pipeline_run(p["mlflow"], st.name) as run, tempfile.TemporaryDirectory() as tmp:
         variants, notes = build_variants(model, model_args, input_shape, op, p["seed"],
                                          dataset.load_split(paths.split("train"))[0], Path(tmp))
-        table = measure_variants(variants, input_shape, lat, dataset.load_split(paths.split("test")), task_name,
-                                 num_classes)
+        table = measure_variants(variants, input_shape, lat, dataset.load_split(paths.split("test")), t)
         chosen = choose(table, metric, op["select"]["min_quality_ratio"])
-        metrics = flat_metrics(table, chosen, metric)
+        metrics = variant_metrics(table, chosen, metric)
         protocol = {"latency": "interleaved in one process, order rotated each round; speedup = median of "
                                "per-round fp32 / variant ratios", "batch_n": lat["batch_size"],
                     "warmup": lat["warmup"], "runs": lat["runs"], "quality_split": "test",
@@ -217,14 +214,10 @@ def main():
             t.write_text(markdown + "".join(f"\n- {k}: {v}" for k, v in notes.items()))
         with files.atomic_path(paths.PARETO) as t:
             plots.pareto(table, metric, t)
-        files.write_json(paths.metrics("optimize"), metrics)
-        if run:
-            mlflow.log_metrics({f"optimize/{k}": v for k, v in metrics.items()})
-            mlflow.set_tag("deployable_variant", chosen)
-            for path in (paths.OPTIMIZE_REPORT, paths.OPTIMIZE_TABLE, paths.PARETO, paths.DEPLOY_INFO):
-                mlflow.log_artifact(str(path), "optimize")
+        st.publish(run, metrics, (paths.OPTIMIZE_REPORT, paths.OPTIMIZE_TABLE, paths.PARETO, paths.DEPLOY_INFO),
+                   {"deployable_variant": chosen})
     print(markdown)
-    print(f"optimize: deployable = {chosen} -> {paths.DEPLOY_DIR}/, {paths.metrics('optimize')}")
+    print(f"optimize: deployable = {chosen} -> {paths.DEPLOY_DIR}/, {st.metrics_file}")
 
 
 if __name__ == "__main__":

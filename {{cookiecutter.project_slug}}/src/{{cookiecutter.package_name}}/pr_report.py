@@ -143,7 +143,7 @@ def resolve(repo, rev, option):
                          "actions/checkout with fetch-depth: 0) or name another branch, tag or commit") from e
 
 
-def compare(repo, base, head):
+def diff_revisions(repo, base, head):
     """(params, metrics) as {(file, key): (base value, head value)}, every key of both sides."""
     params = repo.params.diff(a_rev=base, b_rev=head, all=True)
     metrics = repo.metrics.diff(a_rev=base, b_rev=head, all=True)
@@ -189,7 +189,7 @@ def main(argv=None):
     if args.image_url and revs["branch"][1] is None:
         parser.error("--image-url needs a committed --head (a link cannot point at uncommitted files)")
     # Commits, not names: DVC merges two names of one commit into one "a, b" entry, and neither side is found.
-    params, metrics = compare(repo, *(commit or rev for rev, commit in revs.values()))
+    params, metrics = diff_revisions(repo, *(commit or rev for rev, commit in revs.values()))
     run_files = {side: {k: v[i] for (f, k), v in metrics.items() if f == str(paths.RUN_FILE)}
                  for i, side in enumerate(("base", "branch"))}
     tracking_uris = {side: store.tracking_uri(params.get(("params.yaml", "mlflow.tracking_uri"), (None, None))[i]

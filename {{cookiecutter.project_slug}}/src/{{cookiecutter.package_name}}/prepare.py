@@ -86,8 +86,8 @@ def resized_note(originals, size, resize):
 
 
 def main():
-    p = stage.begin("prepare")
-    pp = p["prepare"]
+    st = stage.begin("prepare")
+    p, pp = st.params, st.section
     workers = ingest.resolve_workers(pp["workers"]) if pp["source"] == "folder" else 1  # synthetic: nothing to decode
     with ingest.pool(workers) as pool, files.atomic_path(paths.PREPARED, directory=True) as tmp:
         info, train_counts, originals, reference = build(pp, p["seed"], tmp, pool)
@@ -95,9 +95,9 @@ def main():
         files.write_json(tmp / paths.REFERENCE.name, reference)
     if note := resized_note(originals, pp["image_size"], pp["resize"]):
         print(note)
-    files.write_json(paths.metrics("prepare"), summary(info, train_counts))
+    st.publish(None, summary(info, train_counts))  # no run yet: train logs these into its own
     print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px, "
-          f"{info['num_classes']} classes, {workers} worker(s) -> {paths.PREPARED}/, {paths.metrics('prepare')}")
+          f"{info['num_classes']} classes, {workers} worker(s) -> {paths.PREPARED}/, {st.metrics_file}")
 
 
 if __name__ == "__main__":

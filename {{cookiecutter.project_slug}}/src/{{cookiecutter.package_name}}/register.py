@@ -142,7 +142,7 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
         lambda: serving.log_model(paths.DEPLOY_DIR, example), rg["promote"], deploy[metric])}
 
 
-def flat_metrics(passed, gates, outcome):
+def decision_metrics(passed, gates, outcome):
     metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
     for g in gates:
         metrics[f"gate/{g['gate']}/passed"] = int(g["passed"])  # values and verdicts: reports/model.html
@@ -177,10 +177,10 @@ def write_report(p, run, deploy, gates, outcome, robustness_r):
 
 
 def main():
-    p = stage.begin("register")
-    rg = p["register"]
+    st = stage.begin("register")
+    p, rg = st.params, st.section
     deploy = files.read_json(paths.DEPLOY_INFO)
-    metric = task.primary_metric(deploy["model_args"]["task"])
+    metric = task.Task.of(deploy["model_args"]).metric
     robustness_r = files.read_json(paths.ROBUSTNESS_REPORT)
     values = gate_values(metric, deploy, files.read_json(paths.metrics("optimize")),
                          files.read_json(paths.metrics("robustness")), rg["gates"]["block_severity"])
@@ -188,20 +188,18 @@ def main():
     unreliable = {} if deploy.get("latency_reliable", True) else {"max_latency_ms": deploy["latency_reliability"]}
     gates = evaluate_gates(values, {**rg["gates"], "max_blocking_findings": 0}, unreliable)
     passed = all(g["passed"] for g in gates)
-    with tracking.pipeline_run(p["mlflow"], "register") as run:
+    with tracking.pipeline_run(p["mlflow"], st.name) as run:
         outcome = registry_outcome(run, rg, deploy, metric, passed, gates,
                                    robustness_r["sha256"].get(str(paths.DEPLOY_DIR / deploy["file"])))
-        metrics = flat_metrics(passed, gates, outcome)
+        metrics = decision_metrics(passed, gates, outcome)
         card_md, card_full = write_report(p, run, deploy, gates, outcome, robustness_r)
-        files.write_json(paths.metrics("register"), metrics)
+        st.publish(run, metrics, [(paths.MODEL_REPORT, "report")],
+                   {"registry_decision": "registered" if outcome["registered"] else "rejected"})
         if run:
-            mlflow.log_metrics({f"register/{k}": v for k, v in metrics.items() if v is not None})
-            mlflow.set_tag("registry_decision", "registered" if outcome["registered"] else "rejected")
             mlflow.log_text(card_full, "report/model_card.md")
             if outcome["registered"]:
                 mlflow.set_tags({"registry_model": outcome["model"], "registry_version": str(outcome["version"])})
                 mlflow.MlflowClient().update_model_version(outcome["model"], outcome["version"], description=card_md)
-            mlflow.log_artifact(str(paths.MODEL_REPORT), "report")
             if paths.DVC_LOCK.is_file():  # the link back to DVC: which data and model versions made this run
                 mlflow.set_tags(lock_tags(yaml.safe_load(paths.DVC_LOCK.read_text())))
                 mlflow.log_artifact(str(paths.DVC_LOCK), "dvc")

@@ -66,24 +66,23 @@ def pgd(model, x, y, eps, loss, steps, step_size, generator):
 
 # --- evaluation with confidence intervals -------------------------------------------------------------------
 
-def bootstrap_ci(stats, task_name, metric, resamples, seed, level=0.95):
-    """Percentile interval of `metric` over image-level bootstrap resamples."""
+def bootstrap_ci(stats, t, resamples, seed, level=0.95):
+    """Percentile interval of the task's primary metric over image-level bootstrap resamples."""
     n = len(next(iter(stats.values())))
     idx = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
     counts = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(resamples, n,
                                                                                               dtype=torch.float64))
-    values = [task.scores(task_name, {k: torch.tensordot(c, v.double(), dims=1) for k, v in stats.items()})[metric]
+    values = [task.scores(t, {k: torch.tensordot(c, v.double(), dims=1) for k, v in stats.items()})[t.metric]
               for c in counts]
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
-def evaluate(fn, x, y, task_name, num_classes, batch_size, resamples, seed):
+def scores_with_interval(fn, x, y, t, batch_size, resamples, seed):
     """Scores of fn on float images x (N, 3, H, W) with a bootstrap interval for the primary metric."""
-    stats = task.evaluate(fn, dataset.batches(x, y, batch_size), task_name, num_classes)["stats"]
-    metric = task.primary_metric(task_name)
-    out = task.scores(task_name, task.reduce(stats))
-    out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_ci(stats, task_name, metric, resamples, seed)
+    stats = task.score_batches(fn, dataset.batches(x, y, batch_size), t)["stats"]
+    out = task.scores(t, task.reduce(stats))
+    out[f"{t.metric}_ci_low"], out[f"{t.metric}_ci_high"] = bootstrap_ci(stats, t, resamples, seed)
     return out
 
 
@@ -114,18 +113,18 @@ def attack_rows(model, deployable, x, y, rp, ev, loss, generator, metric):
     return adversarial, curve
 
 
-def corruption_rows(models_, x, rp, ev, seed):
+def corruption_rows(nets, x, rp, ev, seed):
     """One row per model, corruption and severity; each corruption drawn from the same seed for every model."""
     rows = []
     for kind in rp["corruptions"]:
         for severity in rp["severities"]:
             xc = corruptions.corrupt(x, kind, severity, torch.Generator().manual_seed(seed))
             rows += [{"model": name, "corruption": kind, "severity": severity, **ev(fn, xc)}
-                     for name, fn in models_.items()]
+                     for name, fn in nets.items()]
     return rows
 
 
-def flat_metrics(metric, clean, score, deploy_score, level, corruption, summary_counts):
+def headline_metrics(metric, clean, score, deploy_score, level, corruption, summary_counts):
     """metrics/robustness.json: the headline figures; per-epsilon and per-corruption rows are in the report."""
     metrics = {f"clean/{metric}": clean["fp32"][metric], f"deployable/clean/{metric}": clean["deployable"][metric],
                "score": score, "deployable/score": deploy_score, "level": level,
@@ -154,23 +153,23 @@ def audit(p, run, deploy):
 
 
 def main():
-    p = stage.begin("robustness")
-    rp, seed = p["robustness"], p["seed"]
+    st = stage.begin("robustness")
+    p, rp, seed = st.params, st.section, st.params["seed"]
     model, model_args = models.load_checkpoint(paths.CHECKPOINT)
     for w in model.parameters():
         w.requires_grad_(False)  # gradients flow to the input only
-    task_name, num_classes = model_args["task"], model_args["num_classes"]
-    metric = task.primary_metric(task_name)
+    t = task.Task.of(model_args)
+    metric = t.metric
     deployable, deploy = load_deployable()
     images, targets = dataset.load_split(paths.split("test"))
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(images), generator=g)[:rp["subset"]]
     x, y = dataset.to_float(images[pick]), targets[pick]
-    with tracking.pipeline_run(p["mlflow"], "robustness") as run:
+    with tracking.pipeline_run(p["mlflow"], st.name) as run:
         def ev(fn, inputs):
-            return evaluate(fn, inputs, y, task_name, num_classes, rp["batch_size"], rp["bootstrap_resamples"], seed)
+            return scores_with_interval(fn, inputs, y, t, rp["batch_size"], rp["bootstrap_resamples"], seed)
 
-        loss = functools.partial(task.cross_entropy, task=task_name, num_classes=num_classes)
+        loss = functools.partial(task.cross_entropy, t=t)
         clean = {"fp32": ev(model, x), "deployable": ev(deployable, x)}
         adversarial, curve = attack_rows(model, deployable, x, y, rp, ev, loss, g, metric)
         corruption = corruption_rows({"fp32": model, "deployable": deployable}, x, rp, ev, seed)
@@ -178,7 +177,7 @@ def main():
         score = declared["pgd"] / max(clean["fp32"][metric], 1e-12)
         deploy_score = declared["pgd_transfer_deployable"] / max(clean["deployable"][metric], 1e-12)
         findings, summary_counts, hashes = audit(p, run, deploy)
-        metrics = flat_metrics(metric, clean, score, deploy_score, level_of(score, rp["levels"]), corruption,
+        metrics = headline_metrics(metric, clean, score, deploy_score, level_of(score, rp["levels"]), corruption,
                                summary_counts)
         rep = {"summary": {"metric": metric, "declared_epsilon": rp["declared_epsilon"], "score": score,
                            "level": metrics["level"], "deployable": deploy["variant"], "deployable_score": deploy_score,
@@ -192,14 +191,10 @@ def main():
         files.write_json(paths.ROBUSTNESS_CURVE, curve)
         with files.atomic_path(paths.ROBUSTNESS_CURVE_PNG) as t:
             plots.attack_curve(curve, metric, t)
-        files.write_json(paths.metrics("robustness"), metrics)
-        if run:
-            mlflow.log_metrics({f"robustness/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            mlflow.set_tags({"robustness_level": metrics["level"], "artifact_sha256": hashes[str(paths.CHECKPOINT)]})
-            for path in (paths.ROBUSTNESS_REPORT, paths.ROBUSTNESS_HTML, paths.ROBUSTNESS_CURVE_PNG):
-                mlflow.log_artifact(str(path), "robustness")
+        st.publish(run, metrics, (paths.ROBUSTNESS_REPORT, paths.ROBUSTNESS_HTML, paths.ROBUSTNESS_CURVE_PNG),
+                   {"robustness_level": metrics["level"], "artifact_sha256": hashes[str(paths.CHECKPOINT)]})
     print(f"robustness: score {score:.3f} ({metrics['level']}) at eps {rp['declared_epsilon']}/255; deployable "
-          f"{deploy['variant']} {deploy_score:.3f}; security {summary_counts} -> {paths.metrics('robustness')}, "
+          f"{deploy['variant']} {deploy_score:.3f}; security {summary_counts} -> {st.metrics_file}, "
           f"{paths.ROBUSTNESS_HTML}")
 
 

@@ -38,8 +38,7 @@ from {{ cookiecutter.package_name }}.lib import (
 )
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes, device, grad_clip_norm=None,
-                    amp=False, epoch=1):
+def train_one_epoch(model, loader, loss_fn, optimizer, *, t, device, grad_clip_norm=None, amp=False, epoch=1):
     model.train()
     total, n, rows = 0.0, 0, []
     for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
@@ -53,30 +52,30 @@ def train_one_epoch(model, loader, loss_fn, optimizer, *, task_name, num_classes
         optimizer.step()
         total += loss.item() * len(x)
         n += len(x)
-        rows.append(task.sample_stats(logits.detach().float(), y, task_name, num_classes))
+        rows.append(task.sample_stats(logits.detach().float(), y, t))
     # Under DDP each rank saw its shard: sum the counts over ranks, then score.
     sums = torch.tensor([total, n], dtype=torch.float64, device=device)
     totals = runtime.sum_over_ranks({"sums": sums, **task.reduce(task.concat(rows))})
     total, n = totals.pop("sums").tolist()
-    return {"loss": total / n, **task.scores(task_name, totals)}
+    return {"loss": total / n, **task.scores(t, totals)}
 
 
-def evaluate(model, loader, loss_fn, *, task_name, num_classes, device, amp=False):
+def evaluate(model, loader, loss_fn, *, t, device, amp=False):
     model.eval()
 
     def logits(x):  # (B, C, ...) logits, in bfloat16 on CUDA with amp
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return model(x)
     batches = ((dataset.to_float(x).to(device), y.to(device)) for x, y in stage.checked(loader))
-    out = task.evaluate(logits, batches, task_name, num_classes, loss_fn=loss_fn)
-    return {"loss": out["loss"], **task.scores(task_name, task.reduce(out["stats"]))}
+    out = task.score_batches(logits, batches, t, loss_fn=loss_fn)
+    return {"loss": out["loss"], **task.scores(t, task.reduce(out["stats"]))}
 
 
-def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epochs, patience, task_name,
-        num_classes, device, grad_clip_norm=None, amp=False, on_epoch=lambda record: None):
+def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, t, epochs, patience, device,
+        grad_clip_norm=None, amp=False, on_epoch=lambda record: None):
     """Train for up to `epochs`, stopping after `patience` epochs without a better validation metric
     (0: never). Returns (best state_dict, per-epoch history, best epoch)."""
-    metric = task.primary_metric(task_name)
+    metric = t.metric
     net = model.module if isinstance(model, DistributedDataParallel) else model  # what is evaluated and saved
     best, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, epochs + 1):
@@ -85,10 +84,10 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, epoch
         for part in (getattr(train_loader, "sampler", None), getattr(train_loader, "dataset", None)):
             if hasattr(part, "set_epoch"):  # a new shuffle (DDP) and new augmentations each epoch
                 part.set_epoch(epoch)
-        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, task_name=task_name, num_classes=num_classes,
-                             device=device, grad_clip_norm=grad_clip_norm, amp=amp, epoch=epoch)
+        tr = train_one_epoch(model, train_loader, loss_fn, optimizer, t=t, device=device, grad_clip_norm=grad_clip_norm,
+                             amp=amp, epoch=epoch)
         # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
-        va = evaluate(net, val_loader, loss_fn, task_name=task_name, num_classes=num_classes, device=device, amp=amp)
+        va = evaluate(net, val_loader, loss_fn, t=t, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(va[metric])
         elif scheduler is not None:
@@ -121,13 +120,13 @@ def make_loaders(sets, batch_size, num_workers, seed, world, rank, device, drop_
 
 def start_run(p, info, model_args, world, device):
     """The pipeline's MLflow run, with its tags, params and prepare's statistics."""
-    tp = p["train"]
+    cfg = p["train"]
     tags = {"task": info["task"], "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
-            "pretrained": str(tp["model"]["pretrained"]).lower(), "loss": tp["loss"],
-            "augmentation": "on" if any(tp["augment"].values()) else "off", "data_source": info["source"],
+            "pretrained": str(cfg["model"]["pretrained"]).lower(), "loss": cfg["loss"],
+            "augmentation": "on" if any(cfg["augment"].values()) else "off", "data_source": info["source"],
             "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
-                                                        tp["model"]["pretrained"]), tags)
+                                                        cfg["model"]["pretrained"]), tags)
     print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {store.mask(mlflow.get_tracking_uri())}")
     mlflow.log_params(params.flatten(p))
     mlflow.log_dict(environment.installed_versions(), "environment/installed_versions.json")
@@ -135,29 +134,29 @@ def start_run(p, info, model_args, world, device):
     return run
 
 
-def write_outputs(model, model_args, info, history, metrics, sample):
-    """Checkpoint, history, plots and metrics, each whole or not at all. sample: (uint8 images, targets)."""
+def write_outputs(model, model_args, info, history, sample):
+    """Checkpoint, history and plots, each whole or not at all. sample: (uint8 images, targets)."""
     model.cpu().eval()
     images = dataset.to_float(sample[0])
     with torch.inference_mode():
-        preds = task.predict(model(images), info["task"], info["num_classes"])
+        preds = task.predict(model(images), task.Task.of(info))
     with files.atomic_path(paths.CHECKPOINT) as tmp:
         models.save_checkpoint(tmp, model, model_args, input_shape=[3, info["image_size"], info["image_size"]])
     files.write_json(paths.HISTORY, history)
     with files.atomic_path(paths.CURVES) as tmp:
-        plots.curves(history, task.primary_metric(info["task"]), tmp)
+        plots.curves(history, task.Task.of(info).metric, tmp)
     with files.atomic_path(paths.PREDICTIONS) as tmp:
         plots.predictions(images, sample[1], preds, info["task"], info["class_names"], tmp)
-    files.write_json(paths.metrics("train"), metrics)
 
 
-def log_outputs(run, model, metrics, example):
-    """Metrics, files and the model (pt2: no pickle) into the run; returns train's run reference."""
-    mlflow.log_metrics(metrics)
-    for path, folder in ((paths.CHECKPOINT, "checkpoint"), (paths.HISTORY, "history"),
-                         (paths.metrics("train"), "metrics"), (paths.PARAMS, "config"), (paths.DATASET, "config"),
-                         (paths.REFERENCE, "config"), (paths.CURVES, "plots"), (paths.PREDICTIONS, "plots")):
-        mlflow.log_artifact(str(path), folder)
+# What train logs beside its metrics, and where in the run.
+ARTIFACTS = ((paths.CHECKPOINT, "checkpoint"), (paths.HISTORY, "history"), (paths.metrics("train"), "metrics"),
+             (paths.PARAMS, "config"), (paths.DATASET, "config"), (paths.REFERENCE, "config"),
+             (paths.CURVES, "plots"), (paths.PREDICTIONS, "plots"))
+
+
+def log_model(run, model, example):
+    """The model (pt2: no pickle) into the run; returns train's run reference."""
     with torch.inference_mode():  # a batch of 2: MLflow's default pt2 (torch.export) format fixes size-1 dimensions
         signature = mlflow.models.infer_signature(example, model(torch.from_numpy(example)).numpy())
     logged = mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature,
@@ -180,34 +179,34 @@ def epoch_logger(run, rank, metric, epochs):
 
 
 def main():
-    p = stage.begin("train")
-    tp = p["train"]
+    st = stage.begin("train")
+    p, cfg = st.params, st.section
     runtime.seed_everything(p["seed"])
-    rank, world, local_rank = runtime.init_distributed(tp["batch_size"])
+    rank, world, local_rank = runtime.init_distributed(cfg["batch_size"])
     info = files.read_json(paths.DATASET)
-    task_name, num_classes, metric = info["task"], info["num_classes"], task.primary_metric(info["task"])
-    device = runtime.pick_device(tp["device"], local_rank)
-    amp = bool(tp["amp"]) and device.type == "cuda"
-    model, model_args = models.for_data(tp["model"], info)
+    t = task.Task.of(info)
+    device = runtime.pick_device(cfg["device"], local_rank)
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+    model, model_args = models.for_data(cfg["model"], info)
     model.to(device)
-    sets = {name: dataset.Split.open(paths.split(name), tp["augment"] if name == "train" else None, p["seed"])
+    sets = {name: dataset.Split.open(paths.split(name), cfg["augment"] if name == "train" else None, p["seed"])
             for name in ("train", "val", "test")}
-    loaders = make_loaders(sets, tp["batch_size"], tp["num_workers"], p["seed"], world, rank, device,
-                           runtime.drop_last_batch(len(sets["train"]), tp["batch_size"], world, model))
-    loss_fn = task.make_loss(task_name, tp["loss"], num_classes, tp.get("label_smoothing", 0.0))
-    optimizer = optim.make_optimizer(model, tp["optimizer"], p["lr"])
+    loaders = make_loaders(sets, cfg["batch_size"], cfg["num_workers"], p["seed"], world, rank, device,
+                           runtime.drop_last_batch(len(sets["train"]), cfg["batch_size"], world, model))
+    loss_fn = task.make_loss(t, cfg["loss"], cfg.get("label_smoothing", 0.0))
+    optimizer = optim.make_optimizer(model, cfg["optimizer"], p["lr"])
     tracked = p["mlflow"]["enabled"] and rank == 0
     # Opened inside closing(): a signal arriving as the run opens still ends it KILLED.
-    with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None, "train",
+    with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None, st.name,
                           p["mlflow"]) as run:
         start = time.perf_counter()
         best_state, history, best_epoch = fit(
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
-            optim.make_scheduler(optimizer, tp["scheduler"], tp["epochs"]), epochs=tp["epochs"],
-            patience=tp["early_stopping_patience"], task_name=task_name, num_classes=num_classes, device=device,
-            grad_clip_norm=tp["grad_clip_norm"], amp=amp, on_epoch=epoch_logger(run, rank, metric, tp["epochs"]))
+            optim.make_scheduler(optimizer, cfg["scheduler"], cfg["epochs"]), epochs=cfg["epochs"],
+            t=t, patience=cfg["early_stopping_patience"], device=device, grad_clip_norm=cfg["grad_clip_norm"], amp=amp,
+            on_epoch=epoch_logger(run, rank, t.metric, cfg["epochs"]))
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_time_s": time.perf_counter() - start,
-                   "stopped_early": int(len(history) < tp["epochs"]), "params/total": models.parameter_count(model)}
+                   "stopped_early": int(len(history) < cfg["epochs"]), "params/total": models.parameter_count(model)}
         if world > 1:
             dist.destroy_process_group()
         if rank != 0:  # rank 0 holds the same weights and writes everything
@@ -215,18 +214,19 @@ def main():
         model.load_state_dict(best_state)
         for name, prefix in (("val", "best_val"), ("test", "test")):
             metrics.update({f"{prefix}/{k}": v for k, v in evaluate(
-                model, loaders[name], loss_fn, task_name=task_name, num_classes=num_classes, device=device,
-                amp=amp).items()})
+                model, loaders[name], loss_fn, t=t, device=device, amp=amp).items()})
         stage.stop_point()
-        write_outputs(model, model_args, info, history, metrics, dataset.head(sets["test"], 6))
+        write_outputs(model, model_args, info, history, dataset.head(sets["test"], 6))
+        st.publish(run, metrics, ARTIFACTS)
         stage.stop_point()
         example = dataset.to_float(dataset.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
-        files.write_json(paths.RUN_FILE, log_outputs(run, model, metrics, example) if run else {"enabled": False})
+        files.write_json(paths.RUN_FILE, log_model(run, model, example) if run else {"enabled": False})
     # A signal during the last writes: they completed, but whoever sent it (dvc queue kill, a scheduler) wants
     # the pipeline stopped, so exit as stopped instead of letting DVC go on to the next stage.
     stage.stop_point("it came as train finished: outputs and MLflow run are complete")
-    print(f"train: best epoch {best_epoch}/{len(history)}, val/{metric} {metrics[f'best_val/{metric}']:.4f}, "
-          f"test/{metric} {metrics[f'test/{metric}']:.4f} -> {paths.CHECKPOINT}, {paths.metrics('train')}")
+    m = t.metric
+    print(f"train: best epoch {best_epoch}/{len(history)}, val/{m} {metrics[f'best_val/{m}']:.4f}, "
+          f"test/{m} {metrics[f'test/{m}']:.4f} -> {paths.CHECKPOINT}, {st.metrics_file}")
 
 
 if __name__ == "__main__":

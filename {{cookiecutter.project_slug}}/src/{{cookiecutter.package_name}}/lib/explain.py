@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from {{ cookiecutter.package_name }}.lib import task
+
 # The layer explained: the last feature map of the encoder (smp) or of the whole classifier that keeps at least
 # 1/MAX_STRIDE of the input's resolution. The final stride-32 map of a 64 px image is 2x2, which upsamples to
 # blobs that say nothing about where in the image the evidence is; 1/8 keeps 8x8 at 64 px.
@@ -80,37 +82,37 @@ def target_layer(model, x):
     return name, module
 
 
-def targets(logits, task, binary):
+def targets(logits, t):
     """What each image's map explains, from the trained model's output: classification (B,) predicted classes;
     segmentation (B, H, W) the predicted class of each pixel predicted as foreground, -1 elsewhere (an image
     with no foreground predicted explains the foreground logit over the whole image)."""
-    if task != "segmentation":
+    if t.name != "segmentation":
         return logits.argmax(1)
-    pred = (logits[:, 0] > 0).long() if binary else logits.argmax(1)  # (B, H, W)
+    pred = task.predict(logits, t)  # (B, H, W)
     region = torch.where(pred > 0, pred, -1)
     empty = (region < 0).flatten(1).all(1)
     region[empty] = 1  # the foreground class over the whole image
     return region
 
 
-def score(logits, target, task, binary):
+def score(logits, target, t):
     """(B,) the score whose gradient Grad-CAM uses: the target class's logit (classification), or the sum of the
     target classes' logits over the target region (segmentation; pytorch-grad-cam's SemanticSegmentationTarget)."""
-    if task != "segmentation":
+    if t.name != "segmentation":
         return logits.gather(1, target[:, None])[:, 0]
-    if binary:  # one foreground logit (B, 1, H, W)
+    if t.binary:  # one foreground logit (B, 1, H, W)
         return (logits[:, 0] * (target > 0)).flatten(1).sum(1)
     chosen = logits.gather(1, target.clamp(min=0)[:, None])[:, 0]  # (B, H, W) logit of each pixel's class
     return (chosen * (target >= 0)).flatten(1).sum(1)
 
 
-def grad_cam(model, x, target, task, binary, layer):
+def grad_cam(model, x, target, t, layer):
     """(B, H, W) Grad-CAM maps of `model` for `target` at `layer`, upsampled to x's size and scaled to [0, 1] per
     image (an all-zero map stays zero)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     model.eval()
-    cam = LayerGradCam(lambda inp: score(model(inp), target, task, binary), layer)
+    cam = LayerGradCam(lambda inp: score(model(inp), target, t), layer)
     maps = cam.attribute(x, relu_attributions=True)  # (B, 1, h, w): ReLU(sum_k alpha_k A_k)
     maps = LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
     peak = maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
@@ -148,21 +150,21 @@ def check(image, trained, control, max_correlation):
             "note": f"unchanged by random weights (> {max_correlation})" if flagged else "changed"}
 
 
-def explain(model, random_model, x, task, binary, max_correlation):
+def explain(model, random_model, x, t, max_correlation):
     """Maps of the trained and of the randomised model for the images x (B, 3, H, W) in [0, 1], the trained
     model's predictions, and per image the rank correlation of the two maps and whether the map is flagged
     (check(): correlation above max_correlation, or a constant trained map)."""
     model.eval()
     with torch.no_grad():
         logits = model(x)
-    target = targets(logits, task, binary)
+    target = targets(logits, t)
     layer_name, layer = target_layer(model, x[:1])
-    trained = grad_cam(model, x, target, task, binary, layer)
+    trained = grad_cam(model, x, target, t, layer)
     _, random_layer = target_layer(random_model, x[:1])  # same name: same architecture
-    control = grad_cam(random_model, x, target, task, binary, random_layer)
+    control = grad_cam(random_model, x, target, t, random_layer)
     rows = [check(i, trained[i], control[i], max_correlation) for i in range(len(x))]
-    pred = (logits[:, 0] > 0).long() if task == "segmentation" and binary else logits.argmax(1)
-    return {"layer": layer_name, "trained": trained, "randomised": control, "predictions": pred, "rows": rows}
+    return {"layer": layer_name, "trained": trained, "randomised": control, "predictions": task.predict(logits, t),
+            "rows": rows}
 
 
 def metrics_of(rows):

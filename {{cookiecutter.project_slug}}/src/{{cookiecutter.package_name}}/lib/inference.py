@@ -81,7 +81,7 @@ def run_batch(fn, x, info):
     """Model outputs for a batch x (model_input): per image, a class-index mask (S, S) or probabilities (C,)."""
     logits = torch.from_numpy(np.asarray(fn(x))).float()
     if info["task"] == "segmentation":
-        return task.predict(logits, info["task"], info["num_classes"]).to(torch.uint8).numpy()
+        return task.predict(logits, task.Task.of(info)).to(torch.uint8).numpy()
     return torch.softmax(logits, 1).numpy()
 
 

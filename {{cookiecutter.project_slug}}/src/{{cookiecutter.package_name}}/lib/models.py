@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from {{ cookiecutter.package_name }}.lib import names
+from {{ cookiecutter.package_name }}.lib.task import Task
 
 
 # The model libraries are imported when a model is built, not with this module: smp pulls in timm and
@@ -61,11 +62,6 @@ def _lookup(table, name, key):
     return table[name]
 
 
-def output_channels(task, num_classes):
-    # Binary segmentation predicts one foreground logit; everything else one logit per class.
-    return 1 if task == "segmentation" and num_classes == 2 else num_classes
-
-
 def _replace_head(net, num_classes):
     # Pretrained torchvision classifiers end in a 1000-way Linear under different names (fc, classifier[-1],
     # ...): swap the last Linear for one with num_classes outputs.
@@ -77,7 +73,7 @@ def _replace_head(net, num_classes):
 def build_model(task, architecture, encoder, num_classes, mean, std, pretrained=False):
     """The network wrapped with its input normalisation. pretrained=True uses the libraries' own weight
     download (smp: Hugging Face Hub; torchvision: download.pytorch.org), cached after the first time."""
-    out = output_channels(task, num_classes)
+    out = Task(task, num_classes).outputs
     if task == "segmentation":
         cls = _lookup(SEGMENTATION, architecture, "train.model.architecture")
         _lookup(dict.fromkeys(ENCODERS), encoder, "train.model.encoder")

@@ -43,8 +43,8 @@ from {__name__} import Deployable
 
 mlflow.models.set_model(Deployable())
 '''
-# Library modules that loading needs: serving and what it imports (models needs names; runtime models).
-CODE = ("__init__.py", "names.py", "models.py", "runtime.py", "serving.py")
+# Library modules that loading needs: serving and what it imports (models needs names and task; runtime models).
+CODE = ("__init__.py", "names.py", "task.py", "models.py", "runtime.py", "serving.py")
 
 
 def runner(path, runtime_name):

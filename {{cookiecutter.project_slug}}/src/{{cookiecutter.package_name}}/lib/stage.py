@@ -8,12 +8,13 @@ Not a framework: a stage's main() stays an ordinary function that tests call in-
 its own signal handlers and sees exceptions as exceptions).
 """
 
+import dataclasses
 import os
 import signal
 import sys
 from pathlib import Path
 
-from {{ cookiecutter.package_name }}.lib import files, params
+from {{ cookiecutter.package_name }}.lib import files, params, paths
 
 # Errors that mean bad input, missing files or an unreachable service: the user gets their message (which names
 # the key, file or URI and the fix) on one line. Anything else is a bug and keeps its traceback.
@@ -30,16 +31,51 @@ class ForeignCodeError(ValueError):
     """Python imported this package from another copy than the project's own src/."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A running stage: its name (= module = dvc.yaml stage = params.yaml section) and the checked params."""
+
+    name: str
+    params: dict
+
+    @property
+    def section(self):
+        return self.params[self.name]
+
+    @property
+    def metrics_file(self):
+        return paths.metrics(self.name)
+
+    def publish(self, run, metrics, artifacts=(), tags=None):
+        """The stage's results, by one rule: every value to metrics/<name>.json (what `dvc metrics show` and `dvc
+        exp show` read); into the MLflow run, when there is one, the numbers as <name>/<key> (train's unprefixed:
+        the run is train's), `tags` as tags, and each artifact into the folder <name>/, or the folder of a
+        (path, folder) pair."""
+        files.write_json(self.metrics_file, metrics)
+        if run is None:
+            return
+        import mlflow
+
+        prefix = "" if self.name == "train" else f"{self.name}/"
+        # Numbers only: None (a figure not measured) stays out, strings (robustness' level) are tags.
+        mlflow.log_metrics({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if tags:
+            mlflow.set_tags(tags)
+        for artifact in artifacts:
+            path, folder = artifact if isinstance(artifact, tuple) else (artifact, self.name)
+            mlflow.log_artifact(str(path), folder)
+
+
 def begin(name):
     """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present, its output
-    locations writable with room (leftovers of an interrupted write removed); returns the params. The tracking
+    locations writable with room (leftovers of an interrupted write removed); returns the Stage. The tracking
     store is checked as the stage opens its run (store.connect), also before any work."""
     check_own_code()
     p = params.load()
     spec = files.stage_spec(name)  # dvc.yaml read once: the inputs it needs, the outputs it writes
     files.require(name, spec)
     files.preflight(spec)
-    return p
+    return Stage(name, p)
 
 
 def check_own_code(package_dir=None, env=os.environ):
