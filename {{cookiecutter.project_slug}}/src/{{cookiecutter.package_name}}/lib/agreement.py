@@ -1,4 +1,4 @@
-"""How far two models agree on the same images (predict --compare): per-image scores and the images where they
+"""How far two models agree on the same images (the challenge command): per-image scores and the images where they
 disagree most.
 
     >>> a = np.array([[0, 1], [1, 1]]); b = np.array([[0, 1], [0, 1]])

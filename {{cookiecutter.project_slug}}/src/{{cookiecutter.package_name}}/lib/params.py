@@ -217,21 +217,21 @@ def cross_checks(p):
     return errors + train_checks(p["prepare"]["task"], p["train"])
 
 
-def train_checks(task, tp):
+def train_checks(task, cfg):
     """The names train.* gives, against the one list of each in names.py."""
     errors = []
     losses = names.LOSSES[task]
-    if tp["loss"] not in losses:
-        errors.append(f"train.loss={tp['loss']!r}: valid {task} losses: {', '.join(losses)}")
-    arch, encoder = tp["model"]["architecture"], tp["model"]["encoder"]
+    if cfg["loss"] not in losses:
+        errors.append(f"train.loss={cfg['loss']!r}: valid {task} losses: {', '.join(losses)}")
+    arch, encoder = cfg["model"]["architecture"], cfg["model"]["encoder"]
     valid = names.SEGMENTATION_ARCHITECTURES if task == "segmentation" else names.CLASSIFICATION_ARCHITECTURES
     if arch not in valid:
         errors.append(f"train.model.architecture={arch!r}: valid {task} architectures: {', '.join(valid)}")
     if task == "segmentation" and encoder not in names.ENCODERS:
         errors.append(f"train.model.encoder={encoder!r}: valid encoders: {', '.join(names.ENCODERS)}")
-    optimizer = tp["optimizer"]["name"]
+    optimizer = cfg["optimizer"]["name"]
     allowed = names.OPTIMIZERS[optimizer][1]
-    for key in sorted(set(tp["optimizer"]) - {"name", *allowed}):
+    for key in sorted(set(cfg["optimizer"]) - {"name", *allowed}):
         takers = [n for n, (_, keys) in names.OPTIMIZERS.items() if key in keys]
         errors.append(f"train.optimizer.{key}: {optimizer} takes no {key} (its keys: {', '.join(allowed)}); "
                       f"remove it or choose {' / '.join(takers)}")

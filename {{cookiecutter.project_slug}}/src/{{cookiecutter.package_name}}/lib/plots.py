@@ -120,7 +120,7 @@ def runs(rows, path):
 
 
 def panels(pictures, path, title=None):
-    """One row of labelled uint8 (H, W, 3) pictures: [(label, picture)]; predict --compare's disagreements."""
+    """One row of labelled uint8 (H, W, 3) pictures: [(label, picture)]; challenge's disagreements."""
     fig, axes = subplots(1, len(pictures), figsize=(2.6 * len(pictures), 2.9), squeeze=False)
     for ax, (label, picture) in zip(axes[0], pictures, strict=True):
         ax.imshow(picture, interpolation="nearest")
