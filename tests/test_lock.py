@@ -103,7 +103,7 @@ def test_sync_frozen_installs_exactly_the_lock_and_the_projects_tests_pass(tmp_p
     frozen = uv(project, "pip", "freeze", "--python", str(python), "--exclude-editable")
     installed = dict(line.split("==") for line in frozen.splitlines())
     assert installed == expected
-    check = subprocess.run([python, "-c", f"from {package} import environment; print(environment.lock_matches())"],
+    check = subprocess.run([python, "-c", f"from {package}.lib import environment; print(environment.lock_matches())"],
                            cwd=project, capture_output=True, text=True)
     assert check.stdout.strip() == "true", check.stderr
     tests = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_environment.py",
