@@ -31,6 +31,7 @@ def test_run_name():
     assert tracking.run_name("resnet18", None, True, now=0).startswith("resnet18_pretrained_")
 
 
+@pytest.mark.process
 def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
     # Queue workers and parallel stages open the store at once; MLflow's migrations on a fresh sqlite file
     # race without tracking.store_lock.
