@@ -36,7 +36,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import bake, project_env  # noqa: E402  (after the sys.path insert)
+from helpers import bake, project_env  # noqa: E402  (after the sys.path insert)
 
 PX = 512
 

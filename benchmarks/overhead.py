@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from pipeline import cpu_model  # noqa: E402
 
-from conftest import TINY, bake, project_env  # noqa: E402  (after the sys.path insert)
+from helpers import TINY, bake, project_env  # noqa: E402  (after the sys.path insert)
 
 STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
 

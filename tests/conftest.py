@@ -1,63 +1,43 @@
-"""Bake the template the way users do, and give tests an environment in which the baked project runs."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Fixtures and collection rules of the template's tests; what tests and benchmarks share is in helpers.py."""
 
 import pytest
-from cookiecutter.main import cookiecutter
 
-TEMPLATE = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import BIN, STAGES, TEMPLATE, TINY, bake, free_port, project_env, sh, wait_until_up  # noqa: F401
 
-# Pipeline params small enough for a test: every stage runs, in about a minute on 2 cores.
-TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs": 2, "batch_size": 8},
-        "analyze": {"batch_size": 2, "warmup": 1, "runs": 5},
-        "optimize": {"quantization": {"enabled": True, "calibration_images": 8, "calibration_batch_size": 8},
-                     # 5 timed runs are noise: the reliability verdict is tested on its own, not here
-                     "latency": {"batch_size": 2, "warmup": 1, "runs": 5, "remeasure": 0,
-                                 "reliability": {"max_p90_p50": 1000, "max_interval_width": 1000}}},
-        "robustness": {"subset": 8, "epsilons": [0, 4], "declared_epsilon": 4, "pgd": {"steps": 2, "step_size": 0.5},
-                       "corruptions": ["gaussian_noise", "jpeg"], "severities": [1], "bootstrap_resamples": 50},
-        # Two epochs on 40 images: quality gates the tiny model can pass; the security gate stays as shipped.
-        "register": {"gates": {"min_quality": 0.0, "max_latency_ms": 10000, "min_robustness_score": 0.0,
-                               "max_quality_drop": 1.0, "block_severity": "high"}}}
+# Every test carries exactly one cost marker (registered, with its meaning, in pytest.ini), so that a selection
+# such as `-m fast` cannot miss a new test. Their order is the order files start in.
+COST = ("pipeline", "services", "fast")
 
 
-# Files whose few tests run whole pipelines, longest first. xdist hands a worker a whole file (--dist loadfile)
-# and would order files by their number of tests, leaving these to start last and run alone at the end; started
-# first, the many short files fill the other worker around them (pytest.ini turns xdist's reordering off).
-LONGEST_FIRST = ("test_pipeline.py", "test_server.py", "test_team.py", "test_project.py", "test_bad_input.py")
+def _costs(item):
+    return [mark.name for mark in item.iter_markers() if mark.name in COST]
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+    # Runs before -m deselects: a test without exactly one cost marker is given them all, so that every
+    # selection by cost keeps it, and fails in set-up, below (a collection error would not reach xdist's report).
+    costs = {item: _costs(item) for item in items}
+    for item, found in costs.items():
+        if len(found) != 1:
+            for name in COST:
+                item.add_marker(name)
+            costs[item] = [COST[0]]
+    # xdist hands a worker a whole file (--dist loadfile), and its next file once 2 tests of the current one are
+    # left; by itself it would order files by their number of tests, leaving the long pipeline files to start
+    # last and run alone at the end (pytest.ini turns that off). Files start by the cost of most of their tests
+    # (a tie counts as the costlier), and within one cost those with fewer tests first (a few tests of a cost are
+    # long scenarios, many are a table of short cases): the baked suites' 2 tests start first, with the next
+    # pipeline file queued behind them on that worker, while the other worker takes everything else.
+    counts = {}
+    for item in items:
+        counts.setdefault(item.path, [0] * len(COST))[COST.index(costs[item][0])] += 1
+    rank = {path: max(range(len(COST)), key=lambda i: (n[i], -i)) for path, n in counts.items()}
+    items.sort(key=lambda item: (rank[item.path], sum(counts[item.path])))  # stable: a file's own order is kept
 
 
-def bake(output_dir, **context):
-    """Generate a project with the given answers (the rest default); returns its directory."""
-    return Path(cookiecutter(str(TEMPLATE), no_input=True, extra_context=context, output_dir=str(output_dir)))
-
-
-STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
-
-
-def sh(project, *cmd, ok=True, env=None):
-    """Run a command of the baked project (dvc, mlflow, git, ...) with `env` added to its environment; assert it
-    succeeded (or failed, ok=False)."""
-    result = subprocess.run(cmd, cwd=project, env=project_env(project, **(env or {})), capture_output=True, text=True)
-    assert (result.returncode == 0) == ok, f"{' '.join(cmd)}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
-
-
-def project_env(project, **extra):
-    """The baked project's commands (dvc, python -m <pkg>.<stage>) run from this venv, importing its src/."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(project / "src"),
-               MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
+def pytest_runtest_setup(item):
+    if len(_costs(item)) != 1:
+        pytest.fail(f"{item.nodeid} needs exactly one of the markers {', '.join(COST)} (pytest.ini)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

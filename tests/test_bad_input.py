@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import bake, project_env
+from conftest import bake, free_port, project_env
 
 
 def _set(key, value):
@@ -34,12 +34,6 @@ def _drop(key):
             p = p[k]
         del p[last]
     return edit
-
-
-def _closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _all(*edits):
@@ -293,7 +287,7 @@ def outcomes(tmp_path_factory):
             plant(project)
         before = _snapshot(project)
         module, *args = command.split()
-        env = {k: v.format(port=_closed_port(), **ports) for k, v in env.items()}
+        env = {k: v.format(port=free_port(), **ports) for k, v in env.items()}
         result = subprocess.run([sys.executable, "-m", f"{package}.{module}", *args], cwd=project,
                                 env=project_env(project, **env), capture_output=True, text=True, timeout=300)
         if project in HELD:
@@ -314,6 +308,7 @@ def outcomes(tmp_path_factory):
         silent.close()
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_early_and_clearly(outcomes, case):
     code, message, before, after, statuses = outcomes[case[0]]
@@ -326,5 +321,6 @@ def test_bad_input_fails_early_and_clearly(outcomes, case):
     assert statuses == (["FAILED"] if case[0] in FAILED_RUN else [])
 
 
+@pytest.mark.fast
 def test_the_table_is_big_enough():
     assert len(CASES) >= 65 and len({c[0] for c in CASES}) == len(CASES)

@@ -12,6 +12,8 @@ import yaml
 
 from conftest import BIN, TEMPLATE, bake
 
+pytestmark = pytest.mark.fast
+
 STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
 ENTRY_POINTS = (*STAGES, "compare", "predict", "challenge", "pr_report")
 

@@ -3,7 +3,11 @@
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import BIN, TEMPLATE, project_env
+
+pytestmark = pytest.mark.fast
 
 
 def git(cwd, *args):

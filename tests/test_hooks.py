@@ -7,6 +7,8 @@ from cookiecutter.exceptions import FailedHookException
 
 from conftest import TEMPLATE, bake
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize("answers,field", [
     ({"project_slug": "Bad Slug", "package_name": "ok_pkg"}, "project_slug"),

@@ -57,12 +57,14 @@ def locked(project):
     return out
 
 
+@pytest.mark.fast
 def test_a_lock_for_every_task_and_floor_and_nothing_else():
     carried = {p.name for p in (TEMPLATE / "templates/uv").iterdir()}
     assert carried == {f"{t}-py{f}.{kind}" for t, f in itertools.product(TASKS, FLOORS)
                        for kind in ("lock", "requirements.txt")}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("task,floor", list(itertools.product(TASKS, FLOORS)))
 def test_every_bake_is_locked_and_the_lock_agrees_offline(tmp_path, task, floor):
     # A name late in the alphabet: the carried lock puts the project's entry where the placeholder sorted.
@@ -84,6 +86,7 @@ def test_every_bake_is_locked_and_the_lock_agrees_offline(tmp_path, task, floor)
     assert len(pins) == len(requirements) > 100
 
 
+@pytest.mark.pipeline
 def test_sync_frozen_installs_exactly_the_lock_and_the_projects_tests_pass(tmp_path):
     # Classification: the lock without smp, so its tests show the project needs nothing the lock lacks.
     project = bake(tmp_path, task="classification", init_git=False)
@@ -100,7 +103,7 @@ def test_sync_frozen_installs_exactly_the_lock_and_the_projects_tests_pass(tmp_p
     frozen = uv(project, "pip", "freeze", "--python", str(python), "--exclude-editable")
     installed = dict(line.split("==") for line in frozen.splitlines())
     assert installed == expected
-    check = subprocess.run([python, "-c", f"from {package} import environment; print(environment.lock_matches())"],
+    check = subprocess.run([python, "-c", f"from {package}.lib import environment; print(environment.lock_matches())"],
                            cwd=project, capture_output=True, text=True)
     assert check.stdout.strip() == "true", check.stderr
     tests = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_environment.py",
@@ -110,6 +113,7 @@ def test_sync_frozen_installs_exactly_the_lock_and_the_projects_tests_pass(tmp_p
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
 
 
+@pytest.mark.fast
 def test_dev_lock_holds_what_requirements_dev_asks_for():
     lock = (TEMPLATE / "requirements-dev.lock").read_text()
     pinned = {}

@@ -4,7 +4,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import STAGES, TINY, bake, project_env, sh
+from conftest import STAGES, TINY, bake, free_port, project_env, sh, wait_until_up
 
 
 def versions(project):
@@ -54,6 +53,7 @@ def pipeline(tmp_path_factory):
     return "segmentation", project, out
 
 
+@pytest.mark.pipeline
 def test_dvc_metrics_written(pipeline):
     task, project, out = pipeline
     assert all(f"Running stage '{stage}'" in out for stage in STAGES)
@@ -88,6 +88,7 @@ def test_dvc_metrics_written(pipeline):
             row["spearman"] is not None and row["spearman"] > explained["max_rank_correlation"]))
 
 
+@pytest.mark.pipeline
 def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     task, project, _ = pipeline
     ref = json.loads((project / "metrics/mlflow.json").read_text())
@@ -126,6 +127,7 @@ def test_mlflow_run_finished_with_params_metrics_and_artifacts(pipeline):
     assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
 
 
+@pytest.mark.pipeline
 def test_logged_model_loads_and_predicts(pipeline):
     task, project, _ = pipeline
     ref = json.loads((project / "metrics/mlflow.json").read_text())
@@ -137,6 +139,7 @@ def test_logged_model_loads_and_predicts(pipeline):
     assert np.isfinite(y).all()
 
 
+@pytest.mark.pipeline
 def test_second_repro_runs_nothing(pipeline):
     _, project, _ = pipeline
     out = sh(project, "dvc", "repro")
@@ -144,6 +147,7 @@ def test_second_repro_runs_nothing(pipeline):
     assert "up to date" in sh(project, "dvc", "status")
 
 
+@pytest.mark.pipeline
 def test_a_locked_version_change_marks_every_stage_changed(pipeline):
     _, project, _ = pipeline
     lock = project / "uv.lock"
@@ -160,6 +164,7 @@ def test_a_locked_version_change_marks_every_stage_changed(pipeline):
     assert "up to date" in sh(project, "dvc", "status")
 
 
+@pytest.mark.pipeline
 def test_push_clone_pull_has_nothing_to_run(pipeline, tmp_path):
     # A colleague's machine: git clone + dvc pull from the shared remote give the same state, nothing to redo.
     _, project, _ = pipeline
@@ -176,6 +181,7 @@ def test_push_clone_pull_has_nothing_to_run(pipeline, tmp_path):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
 
 
+@pytest.mark.pipeline
 def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp_path, monkeypatch):
     task, project, _ = pipeline
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
@@ -193,6 +199,7 @@ def test_champion_loads_without_pickle_and_predicts_on_a_raw_image(pipeline, tmp
     assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
 
 
+@pytest.mark.pipeline
 def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champion(pipeline, tmp_path):
     task, project, _ = pipeline
     inputs = tmp_path / "in"
@@ -240,11 +247,10 @@ def post(port, payload):
         return e.code, e.read().decode()
 
 
+@pytest.mark.services
 def test_champion_answers_over_rest_and_refuses_bad_input_with_the_rule(pipeline, tmp_path):
     task, project, _ = pipeline
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = project_env(project, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db",
                       MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{project.name}@champion",
@@ -259,14 +265,7 @@ def test_champion_answers_over_rest_and_refuses_bad_input_with_the_rule(pipeline
            "wrong channels": (image[:, :1], r"[Ss]hape of input \(1, 1, 32, 32\)"),
            "3-D": (image[0], r"[Ss]hape of input \(3, 32, 32\)")}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow models serve did not start"
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         first = post(port, {"inputs": image.tolist()})
         refused = {name: post(port, {"inputs": x.tolist()}) for name, (x, _) in bad.items()}
         after = post(port, {"inputs": image.tolist()})  # still serving, and the same answer
@@ -284,6 +283,7 @@ def test_champion_answers_over_rest_and_refuses_bad_input_with_the_rule(pipeline
     assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()
 
 
+@pytest.mark.pipeline
 def test_model_report_renders_with_its_images(pipeline, tmp_path):
     browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     if browser is None:
@@ -317,6 +317,7 @@ def test_model_report_renders_with_its_images(pipeline, tmp_path):
     assert shot.stat().st_size > 50_000  # a rendered page with plots, not a blank one
 
 
+@pytest.mark.pipeline
 def test_register_again_reuses_the_version(pipeline):
     task, project, _ = pipeline
     package = project.name.replace("-", "_")
@@ -324,6 +325,7 @@ def test_register_again_reuses_the_version(pipeline):
     assert "already registered" in out and len(versions(project)) == 1
 
 
+@pytest.mark.pipeline
 def test_tampered_artifact_is_not_registered(pipeline):
     task, project, _ = pipeline
     package = project.name.replace("-", "_")
@@ -339,6 +341,7 @@ def test_tampered_artifact_is_not_registered(pipeline):
     assert "IntegrityError" in out and "sha256" in out and len(versions(project)) == 1
 
 
+@pytest.mark.pipeline
 def test_mlflow_project_experiment_is_one_run_in_a_temp_copy(pipeline):
     # `mlflow run -e experiment -P set=lr=...` = `dvc exp run --temp -S lr=...`: the run MLflow Projects
     # opens is the one train logs into and the later stages follow, registration included, although DVC runs
@@ -390,6 +393,7 @@ def queue_processes(project, kind):
             if kind in " ".join(p.info["cmdline"] or ()) and str(project) in (p.info["cwd"] or "")]
 
 
+@pytest.mark.pipeline
 def test_queue_one_worker_killed_and_recovered_then_two_workers_lose_no_run(pipeline):
     task, project, _ = pipeline
     before = {r.info.run_id for r in runs(project)}
@@ -430,6 +434,7 @@ def test_queue_one_worker_killed_and_recovered_then_two_workers_lose_no_run(pipe
     assert all(r.data.tags["dvc_exp_name"] in sh(project, "dvc", "exp", "ls") for r in finished)
 
 
+@pytest.mark.pipeline
 def test_failing_gate_registers_nothing_and_fails_only_when_asked(pipeline):
     # Only register's params change, so only register reruns.
     task, project, _ = pipeline

@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import types
 import urllib.error
 import urllib.request
@@ -29,7 +27,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import BIN, STAGES, TINY, bake, project_env, sh
+from conftest import BIN, STAGES, TINY, bake, free_port, project_env, sh, wait_until_up
+
+pytestmark = pytest.mark.services
 
 # alice's password (in the environment), bob's (in the tracking URI), a database password, the S3 secret key, the
 # server admin's password and the server's session key: none may land anywhere but where it is given.
@@ -37,27 +37,9 @@ SECRETS = ("hunter2-basic-auth", "hunter2-in-the-uri", "hunter2-pgpass", "hunter
            "hunter2-flask-key")
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pg_bin():
     found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
     return Path(found).resolve().parent if found else None
-
-
-def _wait(url, proc, seconds=120, log=None):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not come up" + (
-                f"; its log ends:\n{log.read_text(errors='replace')[-3000:]}" if log else "")
-            time.sleep(0.5)
 
 
 def _status(url, user=None, password=None):
@@ -103,7 +85,7 @@ def server(tmp_path_factory):
     root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
     if as_pg:
         shutil.chown(root, "postgres")
-    data, port = root / "data", _port()
+    data, port = root / "data", free_port()
     subprocess.run([*as_pg, pg / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
                    capture_output=True)
     subprocess.run([*as_pg, pg / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
@@ -113,12 +95,12 @@ def server(tmp_path_factory):
         db = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
         for name in ("mlflow", "mlflow_auth"):  # the tracking store, and the basic-auth app's users
             subprocess.run([pg / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name], check=True)
-        s3_port, http_port = _port(), _port()
+        s3_port, http_port = free_port(), free_port()
         s3_server = subprocess.Popen([BIN / "moto_server", "-H", "127.0.0.1", "-p", str(s3_port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "team-key",
                   "AWS_SECRET_ACCESS_KEY": SECRETS[3]}
-        _wait(f"{s3_env['AWS_ENDPOINT_URL']}/moto-api/", s3_server)
+        wait_until_up(f"{s3_env['AWS_ENDPOINT_URL']}/moto-api/", s3_server)
         s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
                           aws_access_key_id="team-key", aws_secret_access_key=SECRETS[3])
         for bucket in ("mlflow", "dvc"):
@@ -140,7 +122,7 @@ def server(tmp_path_factory):
         with open(root / "server.log", "wb") as log:
             mlflow_server = subprocess.Popen(command, cwd=project, env=project_env(project, **env), stdout=log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(f"{uri}/health", mlflow_server, log=root / "server.log")
+        wait_until_up(f"{uri}/health", mlflow_server, log=root / "server.log")
         yield types.SimpleNamespace(uri=uri, port=http_port, project=project, s3_env=s3_env, s3=s3,
                                     log=root / "server.log",
                                     dump=lambda name: subprocess.run(

@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import bake, project_env
+
+pytestmark = pytest.mark.fast
 
 
 def _prepare(project, pythonpath):

@@ -2,26 +2,17 @@
 pull-request report a reviewer reads."""
 
 import json
-import socket
 import subprocess
-import time
-import urllib.request
 
 import mlflow
 import pytest
 import yaml
 
-from conftest import BIN, TINY, bake, project_env, sh
+from conftest import BIN, TINY, bake, free_port, project_env, sh, wait_until_up
 
 # Commits in the tests do not depend on the machine's git configuration.
 IDENTITY = {"GIT_AUTHOR_NAME": "Alice", "GIT_AUTHOR_EMAIL": "alice@example.org", "GIT_COMMITTER_NAME": "Alice",
             "GIT_COMMITTER_EMAIL": "alice@example.org"}
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +20,7 @@ def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with an SQLite backend and proxied artifacts; its URI. One worker and no job
     runner (MLflow's default starts four workers and a job queue of seven processes, 20 s on a busy machine)."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _port()
+    port = free_port()
     server = subprocess.Popen([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                                "--artifacts-destination", str(root / "artifacts")],
@@ -37,14 +28,7 @@ def mlflow_server(tmp_path_factory):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, f"{uri} did not come up"
-                time.sleep(0.5)
+        wait_until_up(f"{uri}/health", server)
         yield uri
     finally:
         server.terminate()
@@ -70,6 +54,7 @@ def _experiment(shown, name):
     raise AssertionError(f"no experiment {name!r} in dvc exp show: {json.dumps(shown)[:3000]}")
 
 
+@pytest.mark.services
 def test_an_experiment_shared_through_git_dvc_and_mlflow_remotes(mlflow_server, tmp_path):
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", remote], check=True)
@@ -143,6 +128,7 @@ def _commit(project, message, params, metrics, plot):
     sh(project, "git", "commit", "-qm", message, env=IDENTITY)
 
 
+@pytest.mark.fast
 def test_pull_request_report_names_what_the_branch_changed(tmp_path):
     project = bake(tmp_path, task="classification")
     gates = ("min_quality", "max_latency_ms")

@@ -57,6 +57,7 @@ def test_latency_samples_time_the_call():
     assert len(calls) == 10 and len(samples) == 7 and all(s >= 0 for s in samples)
 
 
+@pytest.mark.stage
 def test_analyze_stage_logs_into_the_pipeline_run(trained, runs):
     analyze.main()
     m = json.loads((trained / "metrics/analyze.json").read_text())

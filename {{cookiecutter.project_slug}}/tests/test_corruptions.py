@@ -88,6 +88,7 @@ def test_params_schema_reads_the_names_from_here():
     assert "gaussian_blur" in rule["corruptions"](["blur"]) and rule["severities"]([0]) is not None
 
 
+@pytest.mark.process
 def test_importing_params_does_not_import_torchvision():
     code = f"import sys, {params.__name__}; print('torchvision' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # pytest's pythonpath setting, passed on

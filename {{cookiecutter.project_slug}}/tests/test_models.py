@@ -109,6 +109,7 @@ def test_pretrained_without_network_fails_clearly(tmp_path, monkeypatch):
         _build("classification", "resnet18", num_classes=3, pretrained=True)
 
 
+@pytest.mark.process
 def test_stage_imports_leave_the_model_libraries_until_a_model_is_built():
     # smp (with timm and torchvision) costs seconds per stage process; only building a model may pay it.
     code = ("import sys; from {{ cookiecutter.package_name }} import compare, prepare, register, train; "

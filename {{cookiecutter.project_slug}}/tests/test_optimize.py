@@ -67,6 +67,7 @@ def test_int8_onnx_keeps_shapes_and_predictions(unet, tmp_path):
     assert sizes[0]["size_mb"] < 0.3 * sizes[1]["size_mb"]
 
 
+@pytest.mark.stage
 def test_optimize_stage(trained, runs):
     optimize.main()
     report = json.loads((trained / "reports/optimize.json").read_text())
@@ -82,6 +83,7 @@ def test_optimize_stage(trained, runs):
     assert run.info.status == "FINISHED" and run.data.tags["deployable_variant"] == chosen
 
 
+@pytest.mark.stage
 def test_missing_onnxruntime_is_reported_not_measured(trained, monkeypatch):
     import sys
 

@@ -47,6 +47,7 @@ def test_bootstrap_interval_brackets_the_estimate():
     assert out["accuracy_ci_low"] < 0.75 < out["accuracy_ci_high"]
 
 
+@pytest.mark.stage
 def test_robustness_stage(trained, runs, task):
     optimize.main()
     robustness.main()

@@ -39,7 +39,8 @@ def make_deployable(folder, task, runtime):
     return folder, model
 
 
-@pytest.fixture(scope="module", params=serving.RUNTIMES)
+@pytest.fixture(scope="module", params=[pytest.param(r, marks=pytest.mark.onnx) if r == "onnxruntime" else r
+                                                for r in serving.RUNTIMES])
 def logged(request, tmp_path_factory):
     """(the pyfunc logged and loaded back without pickle, the torch model it was made from, its URI)."""
     tmp = tmp_path_factory.mktemp(request.param)

@@ -48,6 +48,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         stage.run("demo", main)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", STAGES)
 def test_every_stage_refuses_a_bad_params_value_in_one_line(name, tmp_path):
     p = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -26,6 +26,7 @@ def test_unreachable_tracking_server_fails_fast(closed_port):
         store.check_reachable(f"http://127.0.0.1:{closed_port}", timeout=2)
 
 
+@pytest.mark.process
 def test_parallel_stage_starts_on_a_fresh_store_all_succeed(project, runs):
     # Queue workers and parallel stages open the store at once; MLflow's migrations on a fresh sqlite file
     # race without store.store_lock.

@@ -135,6 +135,7 @@ def _train_process(project, wait_for):
     raise AssertionError(f"train ended before printing {wait_for!r}")
 
 
+@pytest.mark.process
 def test_sigterm_ends_the_run_killed(project, runs):
     # A real signal to a real stage process, as `dvc queue kill` or a batch scheduler would send it.
     proc = _train_process(project, "train: MLflow run")
@@ -146,6 +147,7 @@ def test_sigterm_ends_the_run_killed(project, runs):
     assert not (project / "models").exists()
 
 
+@pytest.mark.process
 def test_run_left_running_by_a_killed_process_is_closed_when_train_starts(project, runs):
     # SIGKILL: nothing in the process can end its run. The next stage start must not leave it RUNNING forever.
     proc = _train_process(project, "epoch")
@@ -196,6 +198,7 @@ def _listening(port, launcher, timeout=120):
     raise AssertionError(f"the first node's rendezvous never listened on {port}: {_output(launcher)[-3000:]}")
 
 
+@pytest.mark.process
 def test_gloo_one_node_two_nodes_and_one_process_agree(project, runs, closed_port):
     # torchrun with gloo on CPU. One node, two processes (as on a multi-GPU machine), then two nodes of one
     # process each, two launchers meeting at a c10d rendezvous on 127.0.0.1 (as two machines would at the first
