@@ -31,18 +31,20 @@ def main(project, old_source):
     project = Path(project).resolve()
     sys.path.insert(0, str(project / "src"))
     pkg = next((project / "src").iterdir()).name
-    mod = {m: importlib.import_module(f"{pkg}.{m}") for m in ("corruptions", "data", "models", "params", "task")}
+    mod = {m: importlib.import_module(f"{pkg}.lib.{m}") for m in ("corruptions", "dataset", "models", "params", "paths",
+                                                                   "task")}
     p = mod["params"].load(project / "params.yaml")
     rp, seed = p["robustness"], p["seed"]
     model, args = mod["models"].load_checkpoint(project / "models/model.safetensors")
-    images, targets = mod["data"].load_split(project / "data/prepared/test.npz")
+    images, targets = mod["dataset"].load_split(project / mod["paths"].split("test"))
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:rp["subset"]]
-    x, y = mod["data"].to_float(images[pick]), targets[pick]
-    task, metric = args["task"], mod["task"].primary_metric(args["task"])
+    x, y = mod["dataset"].to_float(images[pick]), targets[pick]
+    t = mod["task"].Task.of(args)
+    task, metric = t.name, t.metric
 
     def score(xc):
-        out = mod["task"].evaluate(model, mod["data"].batches(xc, y, rp["batch_size"]), task, args["num_classes"])
-        return mod["task"].scores(task, mod["task"].reduce(out["stats"]))[metric]
+        out = mod["task"].score_batches(model, mod["dataset"].batches(xc, y, rp["batch_size"]), t)
+        return mod["task"].scores(t, mod["task"].reduce(out["stats"]))[metric]
 
     old = old_corrupt(old_source)
     rows = [{"definition": "clean", "corruption": "-", "severity": "-", metric: score(x)}]

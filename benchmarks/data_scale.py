@@ -56,12 +56,13 @@ print('RESULT', wall, hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrs
 # One epoch of train's own loop over the prepared train split, the loader wrapped to time each `next`.
 TRAIN = """
 import json, resource, time, torch
-from {pkg} import data, models, optim, params, paths, task, train
+from {pkg} import train
+from {pkg}.lib import dataset, models, optim, params, paths, task
 p = params.load()
 tp = p["train"]
 info = json.loads(paths.DATASET.read_text())
 model, _ = models.for_data(tp["model"], info)
-sets = {{"train": data.Split.open(paths.split("train"), tp["augment"], p["seed"])}}
+sets = {{"train": dataset.Split.open(paths.split("train"), tp["augment"], p["seed"])}}
 loader = torch.utils.data.DataLoader(sets["train"], batch_size=tp["batch_size"], shuffle=True,
                                      num_workers=tp["num_workers"], generator=torch.Generator().manual_seed(0))
 waited = [0.0]
@@ -78,11 +79,11 @@ class Timed:
             yield batch
     def __len__(self):
         return len(loader)
-loss = task.make_loss(info["task"], tp["loss"], info["num_classes"])
+loss = task.make_loss(task.Task.of(info), tp["loss"])
 opt = optim.make_optimizer(model, tp["optimizer"], p["lr"])
 start = time.perf_counter()
-train.train_one_epoch(model, Timed(), loss, opt, task_name=info["task"], num_classes=info["num_classes"],
-                      device=torch.device("cpu"), grad_clip_norm=tp["grad_clip_norm"])
+train.train_one_epoch(model, Timed(), loss, opt, t=task.Task.of(info), device=torch.device("cpu"),
+                      grad_clip_norm=tp["grad_clip_norm"])
 wall = time.perf_counter() - start
 print("RESULT", wall, waited[0], len(sets["train"]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, tp["num_workers"])
@@ -92,14 +93,15 @@ print("RESULT", wall, waited[0], len(sets["train"]), resource.getrusage(resource
 DEPLOYABLES = """
 import json, shutil, torch
 from pathlib import Path
-from {pkg} import data, files, models, optimize, paths
+from {pkg} import optimize
+from {pkg}.lib import dataset, files, models, paths
 info = json.loads(paths.DATASET.read_text())
 p = __import__("yaml").safe_load(open("params.yaml"))
 torch.manual_seed(0)
 model, model_args = models.for_data(p["train"]["model"], info)
 model.eval()
 shape = [3, info["image_size"], info["image_size"]]
-images, _ = data.load_split(paths.split("train"))
+images, _ = dataset.load_split(paths.split("train"))
 for name in ("fp32", "int8"):
     d = Path("bench-models") / name
     d.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ for name in ("fp32", "int8"):
         spec = {{"file": "model.safetensors", "runtime": "pytorch"}}
     else:
         optimize.export_onnx(model, shape, d / "fp32.onnx")
-        calibration = [data.to_float(images[i:i + 8]).numpy() for i in range(0, 64, 8)]
+        calibration = [dataset.to_float(images[i:i + 8]).numpy() for i in range(0, 64, 8)]
         optimize.quantize_onnx(d / "fp32.onnx", d / "model.onnx", calibration)
         spec = {{"file": "model.onnx", "runtime": "onnxruntime"}}
     files.write_json(d / "deployable.json", {{"variant": name, "input_shape": shape, "model_args": model_args, **spec}})

@@ -4,7 +4,7 @@
 
 Bakes a default project and runs its prepare stage, then, in one process, trains two copies of the same model
 an epoch at a time with the project's train.train_one_epoch, the order alternated every round: `off`, and
-`on` with the tracker the stages use (tracking.energy_tracker) running through the epoch, started before and
+`on` with the tracker the stages use (energy.start) running through the epoch, started before and
 stopped after it, as tracking.closing does around a stage. Ratios are taken round by round and reported as
 medians with their min-max. Because that A/B ratio is as noisy as a shared machine, the tracker is also timed
 directly: the wall time of its start and stop, and the CPU time of its sampling calls during the epochs
@@ -62,13 +62,13 @@ def main():
         subprocess.run([sys.executable, "-m", f"{package}.prepare"], cwd=project, env=project_env(project),
                        check=True, stdout=subprocess.DEVNULL)
         sys.path.insert(0, str(project / "src"))
-        data = __import__(f"{package}.data", fromlist=["x"])
-        models = __import__(f"{package}.models", fromlist=["x"])
-        params = __import__(f"{package}.params", fromlist=["x"])
-        optim = __import__(f"{package}.optim", fromlist=["x"])
+        data = __import__(f"{package}.lib.dataset", fromlist=["x"])
+        models = __import__(f"{package}.lib.models", fromlist=["x"])
+        params = __import__(f"{package}.lib.params", fromlist=["x"])
+        optim = __import__(f"{package}.lib.optim", fromlist=["x"])
         train = __import__(f"{package}.train", fromlist=["x"])
-        task_lib = __import__(f"{package}.task", fromlist=["x"])
-        tracking = __import__(f"{package}.tracking", fromlist=["x"])
+        task_lib = __import__(f"{package}.lib.task", fromlist=["x"])
+        energy = __import__(f"{package}.lib.energy", fromlist=["x"])
 
         p = params.load(project / "params.yaml")
         tp = p["train"]
@@ -79,14 +79,14 @@ def main():
         base = models.build_model(task=task, architecture=tp["model"]["architecture"],
                                   encoder=tp["model"]["encoder"], num_classes=num_classes, mean=info["mean"],
                                   std=info["std"], pretrained=False)
-        loss_fn = task_lib.make_loss(task, tp["loss"], num_classes)
+        loss_fn = task_lib.make_loss(task_lib.Task(task, num_classes), tp["loss"])
         variants = {}
         for name in ("off", "on"):
             model = copy.deepcopy(base)
             variants[name] = (model, optim.make_optimizer(model, tp["optimizer"], p["lr"]))
         loader = torch.utils.data.DataLoader(train_set, batch_size=tp["batch_size"], shuffle=True,
                                              generator=torch.Generator().manual_seed(0))
-        common = {"task_name": task, "num_classes": num_classes, "device": torch.device("cpu"),
+        common = {"t": task_lib.Task(task, num_classes), "device": torch.device("cpu"),
                   "grad_clip_norm": tp["grad_clip_norm"]}
 
         epoch_s = {name: [] for name in variants}
@@ -102,7 +102,7 @@ def main():
                     epoch_s[name].append(time.perf_counter() - t)
                     continue
                 t = time.perf_counter()
-                tracker = tracking.energy_tracker(args.country, "benchmark")
+                tracker = energy.start(args.country, "benchmark")
                 start_s.append(time.perf_counter() - t)
                 spent = {"cpu_s": 0.0, "calls": 0}
                 for scheduler in (tracker._scheduler, tracker._scheduler_monitor_power):
@@ -116,7 +116,7 @@ def main():
                 tracker.stop()
                 stop_s.append(time.perf_counter() - t)
                 energy_kwh.append(tracker.final_emissions_data.energy_consumed)
-                method = tracking.energy_method(tracker)
+                method = energy.method(tracker)
             print(f"round {r + 1}: " + "  ".join(f"{n} {epoch_s[n][-1]:.2f}s" for n in names)
                   + f"  start {start_s[-1]:.2f}s stop {stop_s[-1]:.2f}s sampling {thread_s[-1]:.3f}s CPU "
                   f"({calls[-1]} calls)", flush=True)

@@ -6,7 +6,7 @@ no-op on trivial stages.
 Bakes the default segmentation project (git + DVC initialised), runs the pipeline once on small params, then
 times, `--repeats` times each, interleaved: `dvc repro` with nothing to do in that project and in a bare DVC
 repository with six trivial stages (`cp` from one file to the next); `python -c "import <pkg>.<stage>"` per
-stage; and `tracking.connect` to the embedded store. Targets: no-op `dvc repro` <= 1.5 s.
+stage; and `store.connect` to the embedded store. Targets: no-op `dvc repro` <= 1.5 s.
 """
 
 import argparse
@@ -78,8 +78,8 @@ def main():
         noop = {"project": [], "trivial": []}
         imports = {stage: [] for stage in STAGES}
         connect = []
-        connect_code = (f"import time; from {package} import params, tracking; t = time.perf_counter(); "
-                        "tracking.connect(params.load()['mlflow'], tracking.repo_root()); "
+        connect_code = (f"import time; from {package}.lib import params, store; t = time.perf_counter(); "
+                        "store.connect(params.load()['mlflow'], store.repo_root()); "
                         "print(time.perf_counter() - t)")
         for _ in range(args.repeats):
             noop["project"].append(timed(["dvc", "repro"], project, env))
@@ -106,7 +106,7 @@ def main():
     print("| stage | import s (median) |\n|---|---|")
     for stage, s in result["stage_import"].items():
         print(f"| {stage} | {s['median_s']:.2f} |")
-    print(f"python startup {baseline:.2f} s; tracking.connect {result['tracking_connect']['median_s']:.3f} s")
+    print(f"python startup {baseline:.2f} s; store.connect {result['tracking_connect']['median_s']:.3f} s")
     print(f"-> {out}")
 
 

@@ -51,30 +51,31 @@ def main():
         sys.path.insert(0, str(project / "src"))
         import mlflow
 
-        data = __import__(f"{package}.data", fromlist=["x"])
-        models = __import__(f"{package}.models", fromlist=["x"])
-        params = __import__(f"{package}.params", fromlist=["x"])
+        data = __import__(f"{package}.lib.dataset", fromlist=["x"])
+        models = __import__(f"{package}.lib.models", fromlist=["x"])
+        params = __import__(f"{package}.lib.params", fromlist=["x"])
         train = __import__(f"{package}.train", fromlist=["x"])
+        optim = __import__(f"{package}.lib.optim", fromlist=["x"])
 
         p = params.load(project / "params.yaml")
         tp = p["train"]
         info = json.loads((project / "data/prepared/dataset.json").read_text())
         task, num_classes = info["task"], info["num_classes"]
-        task_lib = __import__(f"{package}.task", fromlist=["x"])
+        task_lib = __import__(f"{package}.lib.task", fromlist=["x"])
         train_set = data.Split.open(project / "data/prepared/train", tp["augment"], seed=0)  # augmented per sample
         torch.manual_seed(0)
         base = models.build_model(task=task, architecture=tp["model"]["architecture"],
                                   encoder=tp["model"]["encoder"], num_classes=num_classes, mean=info["mean"],
                                   std=info["std"], pretrained=False)
-        loss_fn = task_lib.make_loss(task, tp["loss"], num_classes)
+        loss_fn = task_lib.make_loss(task_lib.Task(task, num_classes), tp["loss"])
         variants = {}
         for name in ("bare", "off", "on"):
             model = copy.deepcopy(base)
-            variants[name] = (model, train.make_optimizer(model, tp["optimizer"], p["lr"]))
+            variants[name] = (model, optim.make_optimizer(model, tp["optimizer"], p["lr"]))
         loader = torch.utils.data.DataLoader(train_set,
                                              batch_size=tp["batch_size"], shuffle=True,
                                              generator=torch.Generator().manual_seed(0))
-        common = {"task_name": task, "num_classes": num_classes, "device": torch.device("cpu"),
+        common = {"t": task_lib.Task(task, num_classes), "device": torch.device("cpu"),
                   "grad_clip_norm": tp["grad_clip_norm"]}
 
         def bare(model, optimizer):
