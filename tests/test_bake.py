@@ -30,10 +30,11 @@ COMMON = {
         "explain", "decoding", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
         "report", "drift", "agreement", "ingest", "dataset", "store", "energy", "inference", "card")),
     *(f"tests/{m}.py" for m in (
-        "conftest", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models", "test_optim", "test_task",
-        "test_tracking", "test_store", "test_energy", "test_environment", "test_files", "test_runtime", "test_corruptions", "test_security",
-        "test_serving", "test_decoding", "test_prepare", "test_predict", "test_challenge", "test_pr_report", "test_drift", "test_explain",
-        "test_train", "test_analyze", "test_optimize", "test_robustness", "test_register", "test_card")),
+        "conftest", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models", "test_optim",
+        "test_task", "test_tracking", "test_store", "test_energy", "test_environment", "test_files", "test_runtime",
+        "test_corruptions", "test_security", "test_serving", "test_decoding", "test_prepare", "test_predict",
+        "test_challenge", "test_pr_report", "test_drift", "test_explain", "test_train", "test_analyze",
+        "test_optimize", "test_robustness", "test_register", "test_card",)),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
@@ -238,8 +239,8 @@ def test_makefile_and_pre_commit(case):
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui", "server", "serve",
-            "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "challenge", "test",
+            "ui", "server", "serve", "push"} <= targets
     # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it).
     dry = subprocess.run([make, "-n", "server", "AUTH=1"], cwd=project, capture_output=True, text=True,
                          check=True).stdout

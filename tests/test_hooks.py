@@ -77,7 +77,8 @@ def test_several_bad_answers_are_all_reported(tmp_path, capfd):
 
 def test_the_hook_and_the_project_accept_the_same_names(tmp_path, capfd):
     # One source: the hook reads the generated project's names.py, so every name it lists is one params.py takes.
-    names = runpy.run_path(str(TEMPLATE / "{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}/lib/names.py"))
+    package = TEMPLATE / "{{cookiecutter.project_slug}}" / "src" / "{{cookiecutter.package_name}}"
+    names = runpy.run_path(str(package / "lib" / "names.py"))
     with pytest.raises(FailedHookException):
         bake(tmp_path, architecture="NoSuchNet")
     assert ", ".join(names["SEGMENTATION_ARCHITECTURES"]) in capfd.readouterr().err
