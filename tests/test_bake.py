@@ -16,6 +16,7 @@ from conftest import BIN, TEMPLATE, bake
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
+    "Dockerfile", ".dockerignore", "compose.yaml", ".env.example", ".devcontainer/devcontainer.json",
     *(f"src/{{pkg}}/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "data", "models", "optim", "task", "runtime", "measure",
         "explain",
@@ -199,8 +200,8 @@ def test_makefile_and_pre_commit(case):
         pytest.skip("no make on this machine")
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
-    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui", "server", "serve",
-            "push"} <= targets
+    assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "test", "ui", "server",
+            "serve", "push", "image", "up", "down"} <= targets
     # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it).
     dry = subprocess.run([make, "-n", "server", "AUTH=1"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
@@ -213,6 +214,15 @@ def test_makefile_and_pre_commit(case):
     assert dry.strip() == f"uv run python -m {project.name.replace('-', '_')}.pr_report --base origin/main"
     dry = subprocess.run([make, "-n", "lock"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert "uv lock" in dry and "--output-file=requirements.txt" in dry
+    # Containers: docker or podman, as given (or found on PATH); podman keeps HEALTHCHECK only in Docker's format.
+    for tool, compose in (("docker", "docker compose"), ("/usr/bin/podman", None)):
+        dry = subprocess.run([make, "-n", "image", "up", "down", f"CONTAINER={tool}", "IMAGE=img"], cwd=project,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        dry = [" ".join(line.split()) for line in dry]
+        fmt = " --format docker" if "podman" in tool else ""
+        assert dry[:2] == [f"{tool} build{fmt} -t img .", f"{tool} build{fmt} --target serve -t img-serve ."]
+        assert dry[2].endswith(" up -d") and dry[3].endswith(" down")
+        assert compose is None or dry[2].startswith(compose)
 
 
 def test_ruff_clean(case):
