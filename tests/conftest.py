@@ -28,7 +28,8 @@ TINY = {"prepare": {"image_size": 32, "synthetic_images": 40}, "train": {"epochs
 # Files whose few tests run whole pipelines, longest first. xdist hands a worker a whole file (--dist loadfile)
 # and would order files by their number of tests, leaving these to start last and run alone at the end; started
 # first, the many short files fill the other worker around them (pytest.ini turns xdist's reordering off).
-LONGEST_FIRST = ("test_pipeline.py", "test_server.py", "test_team.py", "test_project.py", "test_bad_input.py")
+LONGEST_FIRST = ("test_pipeline.py", "test_server.py", "test_container.py", "test_team.py", "test_project.py",
+                 "test_bad_input.py")
 
 
 def pytest_collection_modifyitems(items):

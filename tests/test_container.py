@@ -39,9 +39,11 @@ SECRETS = {"POSTGRES_PASSWORD": "hunter2-ctr-pg", "AWS_ACCESS_KEY_ID": "team-key
            "AWS_SECRET_ACCESS_KEY": "hunter2-ctr-s3", "MLFLOW_ADMIN_PASSWORD": "hunter2-ctr-admin",
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "hunter2-ctr-flask", "MODEL_SERVER_USERNAME": "admin",
            "MODEL_SERVER_PASSWORD": "hunter2-ctr-admin"}
-# Metrics that measure the machine, not the model: compared in neither direction.
+# Metric keys that measure the machine (timings, energy, memory) or name a run: left out of the comparison. The rest
+# (the data's statistics, every loss, accuracy and interval, parameter and FLOP counts, sizes, robustness, the gate
+# verdicts) must be equal: the image's environment is uv.lock, the versions of this venv (tests/test_lock.py).
 MACHINE = ("time", "latency", "_ms", "speedup", "throughput", "energy", "emissions", "rss", "reliable", "run_id",
-           "experiment_id", "p50", "p90", "iqr", "version")
+           "experiment_id", "model_uri", "p50", "p90", "iqr", "version")
 
 
 def podman(*args, ok=True, **kwargs):
@@ -147,12 +149,12 @@ def test_image_runs_as_non_root_and_holds_no_secret_venv_or_data(built):
     assert podman("run", "--rm", *PODMAN, IMAGE, "id", "-u").strip() != "0"
     assert podman("run", "--rm", *PODMAN, f"{IMAGE}-serve", "id", "-u").strip() != "0"
     config = json.loads(podman("image", "inspect", f"{IMAGE}-serve"))[0]
-    assert config["Config"]["Healthcheck"]["Test"][-1].endswith("/ping', timeout=4)")  # kept: --format docker
+    assert config["Healthcheck"]["Test"][-1].endswith("/ping', timeout=4)")  # kept: --format docker
     root = Path(podman("image", "mount", IMAGE).strip())
     try:
         names = {p.relative_to(root).as_posix() for p in root.rglob("*")}
-        forbidden = [n for n in names if n.endswith((".venv", "mlflow.db", "mlruns", ".env", "data/prepared",
-                                                      "models/model.safetensors"))]
+        forbidden = [n for n in names if {".venv", "mlflow.db", "mlruns", ".env", "prepared", "model.safetensors"}
+                     & set(n.split("/"))]
         assert forbidden == [], forbidden
         assert "app/src" in names and "app/params.yaml" in names and "opt/venv/bin/dvc" in names
         found = []
@@ -188,9 +190,21 @@ def test_pipeline_in_the_container_gives_the_metrics_of_outside(built, inside):
     outside, in_container = _quality(built), _quality(inside)
     assert set(outside) == {f"{s}.json" for s in ("prepare", "train", "mlflow", "analyze", "optimize", "robustness",
                                                   "register")}
+    # optimize deploys the fastest variant that keeps the quality: a timing, so the two machines (the container and
+    # its host, minutes apart) may pick different ones, int8 or fp32 in ONNX Runtime; then the deployable's own
+    # figures (its size above all) differ for that reason alone, and only they are left out.
+    variants = {json.loads((p / "models/deployable/deployable.json").read_text())["variant"] for p in (built, inside)}
+    if len(variants) > 1:
+        outside, in_container = ({f: {k: v for k, v in m.items() if not k.startswith("deployable/")}
+                                  for f, m in q.items()} for q in (outside, in_container))
     assert in_container == outside
-    # The run recorded the image's environment: the locked versions, and CUDA torch from uv.lock.
-    assert json.loads((inside / "metrics/register.json").read_text())["register"]["registered"] is True
+    assert json.loads((inside / "metrics/register.json").read_text())["registered"] == 1
+    # The run in the image recorded its environment: exactly uv.lock's versions, Python from the base image.
+    import mlflow
+
+    run_id = json.loads((inside / "metrics/mlflow.json").read_text())["run_id"]
+    tags = mlflow.MlflowClient(f"sqlite:///{inside}/mlflow.db").get_run(run_id).data.tags
+    assert tags["lock_matches"] == "true" and tags["python_version"].startswith("3.11.")
 
 
 def test_serving_target_answers_rest_and_is_healthy(inside):
