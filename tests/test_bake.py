@@ -1,6 +1,7 @@
 """Bake over the option matrix and check what comes out, file by file."""
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -95,6 +96,13 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert any(d.startswith("segmentation-models-pytorch") for d in pyproject["project"]["dependencies"]) == (
         task == "segmentation")
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])
+    # The container files: the dev container builds the Dockerfile's dev target; compose builds the same image.
+    devcontainer = json.loads((project / ".devcontainer/devcontainer.json").read_text())
+    assert devcontainer["build"] == {"dockerfile": "../Dockerfile", "context": "..", "target": "dev"}
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", (project / "Dockerfile").read_text(), re.M)
+    assert stages[-1] == "pipeline" and {"dev", "serve"} <= set(stages)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert compose["services"]["model"]["build"]["target"] == "serve" and compose["services"]["mlflow"]["build"] == "."
 
 
 def package_imports(src, package, module):
