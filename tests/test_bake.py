@@ -1,6 +1,7 @@
 """Bake over the option matrix and check what comes out, file by file."""
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ ENTRY_POINTS = (*STAGES, "compare", "predict", "challenge", "pr_report")
 COMMON = {
     ".dvcignore", ".gitignore", "MLproject", "Makefile", "README.md", "dvc.yaml", "params.yaml", "pyproject.toml",
     "uv.lock", "requirements.txt", ".github/workflows/ci.yml", ".pre-commit-config.yaml", "data/raw/README.md",
+    "Dockerfile", ".dockerignore", "compose.yaml", ".env.example", ".devcontainer/devcontainer.json",
     # The README is a map; what it points to lives in the modules' docstrings or in docs/.
     *(f"docs/{d}.md" for d in ("pipeline", "experiments", "predict", "team", "distributed", "environment")),
     # The entry points (one per DVC stage or command) over one library folder.
@@ -104,6 +106,13 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert any(d.startswith("segmentation-models-pytorch") for d in pyproject["project"]["dependencies"]) == (
         task == "segmentation")
     assert pyproject["project"].get("license") == (None if ctx["license"] == "none" else ctx["license"])
+    # The container files: the dev container builds the Dockerfile's dev target; compose builds the same image.
+    devcontainer = json.loads((project / ".devcontainer/devcontainer.json").read_text())
+    assert devcontainer["build"] == {"dockerfile": "../Dockerfile", "context": "..", "target": "dev"}
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", (project / "Dockerfile").read_text(), re.M)
+    assert stages[-1] == "pipeline" and {"dev", "serve"} <= set(stages)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert compose["services"]["model"]["build"]["target"] == "serve" and compose["services"]["mlflow"]["build"] == "."
 
 
 def package_imports(src, package, module):
@@ -240,7 +249,7 @@ def test_makefile_and_pre_commit(case):
     listed = subprocess.run([make, "help"], cwd=project, capture_output=True, text=True, check=True).stdout
     targets = {line.split()[0] for line in listed.splitlines()}
     assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "challenge", "test",
-            "ui", "server", "serve", "push"} <= targets
+            "ui", "server", "serve", "push", "image", "up", "down"} <= targets
     # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it).
     dry = subprocess.run([make, "-n", "server", "AUTH=1"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
@@ -253,6 +262,15 @@ def test_makefile_and_pre_commit(case):
     assert dry.strip() == f"uv run python -m {project.name.replace('-', '_')}.pr_report --base origin/main"
     dry = subprocess.run([make, "-n", "lock"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert "uv lock" in dry and "--output-file=requirements.txt" in dry
+    # Containers: docker or podman, as given (or found on PATH); podman keeps HEALTHCHECK only in Docker's format.
+    for tool, compose in (("docker", "docker compose"), ("/usr/bin/podman", None)):
+        dry = subprocess.run([make, "-n", "image", "up", "down", f"CONTAINER={tool}", "IMAGE=img"], cwd=project,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        dry = [" ".join(line.split()) for line in dry]
+        fmt = " --format docker" if "podman" in tool else ""
+        assert dry[:2] == [f"{tool} build{fmt} -t img .", f"{tool} build{fmt} --target serve -t img-serve ."]
+        assert dry[2].endswith(" up -d") and dry[3].endswith(" down")
+        assert compose is None or dry[2].startswith(compose)
 
 
 def test_ruff_clean(case):

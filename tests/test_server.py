@@ -37,6 +37,17 @@ SECRETS = ("hunter2-basic-auth", "hunter2-in-the-uri", "hunter2-pgpass", "hunter
            "hunter2-flask-key")
 
 
+# The team server as `make server AUTH=1` runs it here; the generated compose.yaml must configure the same
+# (tests/test_container.py).
+SERVER_VARIABLES = ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_AUTH_CONFIG_PATH",
+                    "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_ENDPOINT_URL",
+                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+ARTIFACTS = "s3://mlflow/artifacts"
+BUCKETS = ("mlflow", "dvc")
+AUTH_INI = ("[mlflow]\ndefault_permission = READ\ndatabase_uri = {}\nadmin_username = admin\n"
+            "auth_cache_ttl_seconds = 60\n")
+
+
 def _pg_bin():
     found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
     return Path(found).resolve().parent if found else None
@@ -103,7 +114,7 @@ def server(tmp_path_factory):
         wait_until_up(f"{s3_env['AWS_ENDPOINT_URL']}/moto-api/", s3_server)
         s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
                           aws_access_key_id="team-key", aws_secret_access_key=SECRETS[3])
-        for bucket in ("mlflow", "dvc"):
+        for bucket in BUCKETS:
             s3.create_bucket(Bucket=bucket)
         uri = f"http://127.0.0.1:{http_port}"
         project = bake(tmp_path_factory.mktemp("server"), task="classification", mlflow_tracking_uri=uri,
@@ -111,12 +122,12 @@ def server(tmp_path_factory):
         # The project's own recipe, configured as the README says: MLflow's environment variables, the auth app's
         # settings file (a password check costs ~0.2 s of CPU: cached), the secrets in the server's environment only.
         # Two workers instead of four on these 2 cores.
-        (root / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {db}/mlflow_auth\n"
-                                       "admin_username = admin\nauth_cache_ttl_seconds = 60\n")
+        (root / "auth.ini").write_text(AUTH_INI.format(f"{db}/mlflow_auth"))
         env = {"MLFLOW_PORT": str(http_port), "MLFLOW_WORKERS": "2", "MLFLOW_BACKEND_STORE_URI": f"{db}/mlflow",
-               "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/artifacts",
+               "MLFLOW_ARTIFACTS_DESTINATION": ARTIFACTS,
                "MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"),
                "MLFLOW_AUTH_ADMIN_PASSWORD": SECRETS[4], "MLFLOW_FLASK_SERVER_SECRET_KEY": SECRETS[5], **s3_env}
+        assert set(SERVER_VARIABLES) <= set(env)  # what compose.yaml is checked against
         command = (["make", "server", "RUN=", "AUTH=1"] if shutil.which("make") else  # the same recipe without make
                    [BIN / "mlflow", "server", "--host", "127.0.0.1", "--app-name", "basic-auth"])
         with open(root / "server.log", "wb") as log:
