@@ -23,7 +23,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from {{ cookiecutter.package_name }}.lib import models, names, store
+from {{ cookiecutter.package_name }}.lib import models, names, pickles, store
 
 # What an installed version below the pyproject.toml floor exposes.
 ADVISORIES = {
@@ -33,7 +33,6 @@ ADVISORIES = {
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential", re.I)
 SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|xox[abpr]-[A-Za-z0-9-]{10,}|"
                           r"-----BEGIN [A-Z ]*PRIVATE KEY-----|sk-[A-Za-z0-9]{32,}|://[^/\s:@]+:[^/\s@]+@")
-MAX_ARCHIVE_DEPTH = 8  # zips inside zips (a torch.export .pt2 holds a torch.save zip); deeper is refused
 
 
 def finding(check, status, severity, evidence, mitigation=""):
@@ -68,10 +67,13 @@ def check_formats(paths, model_uri):
             onnx.checker.check_model(onnx.load(str(p)))
             out.append(finding("no-pickle-format", "PASS", "info", f"{p}: ONNX protobuf, checker passed"))
         elif suffix == ".pt2" and zipfile.is_zipfile(p):
-            pickles = [name for name, data in _leaves(p) if _pickle_like(name, data)]
-            if pickles:
+            try:
+                inside = [name for name, data in pickles.leaves(p) if pickles.pickle_like(name, data)]
+            except pickles.TooDeep as e:
+                inside = [str(e)]
+            if inside:
                 out.append(finding("no-pickle-format", "WARN", "low", f"{p}: torch.export archive with pickles "
-                                   f"inside: {pickles} (torch.export.load may unpickle them with weights_only=False)",
+                                   f"inside: {inside} (torch.export.load may unpickle them with weights_only=False)",
                                    "keep the pickle-scan check passing; prefer safetensors or ONNX for files"))
             else:
                 out.append(finding("no-pickle-format", "PASS", "info", f"{p}: torch.export archive, no pickle inside"))
@@ -97,58 +99,24 @@ def check_formats(paths, model_uri):
     return out
 
 
-def _files(path):  # path itself if a file, else every file under it
-    return [Path(path)] if Path(path).is_file() else sorted(p for p in Path(path).rglob("*") if p.is_file())
-
-
-def _leaves(path):
-    """(name, bytes) of every file under `path`, archives opened recursively: a member of a zip inside a zip
-    is named outer:inner:member. picklescan itself opens one level of zip only."""
-    for f in _files(path):
-        yield from _open(str(f), f.read_bytes(), 0)
-
-
-def _open(name, data, depth):
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        yield name, data
-        return
-    if depth >= MAX_ARCHIVE_DEPTH:
-        raise ValueError(f"{name}: archives nested deeper than {MAX_ARCHIVE_DEPTH}")
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for member in z.namelist():
-            if not member.endswith("/"):
-                yield from _open(f"{name}:{member}", z.read(member), depth + 1)
-
-
-# Metadata MLflow and the stages write beside model files (MLmodel, conda.yaml, requirements.txt, the code of a
-# models-from-code model, deployable.json): no loader unpickles them.
-TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".py", ".toml", ".cfg"}
-
-
-def _pickle_like(name, data):
-    # Pickle protocol 2+ starts with PROTO (0x80, version); older protocols have no magic, so the names
-    # picklescan treats as pickles count too.
-    return (len(data) > 1 and data[0] == 0x80 and data[1] <= 5) or Path(name).suffix in (".pkl", ".pickle", ".pt",
-                                                                                         ".pth", ".bin", ".ckpt")
-
-
 def check_scan(folder):
-    """picklescan over every byte under `folder`: each file, and each member of each archive at any depth
-    (a .pt2 holds a torch.save zip that picklescan's own directory scan does not open). FAIL on any import
-    that can run code; WARN when there is nothing to scan or a file could not be read; otherwise PASS with
-    how many files, members and pickles were seen."""
+    """picklescan over every pickle (pickles.pickle_like) under `folder`, archive members at any depth included (a .pt2
+    holds a torch.save zip picklescan itself does not open). FAIL on a code-running import or on archives nested
+    past MAX_ARCHIVE_DEPTH; WARN on nothing but text or an unreadable pickle; else PASS with the counts."""
     from picklescan.scanner import scan_pickle_bytes
 
-    seen, pickles, flagged, errors, skipped = [], {}, {}, [], 0
+    seen, found, flagged, errors, text, deep = [], {}, {}, [], 0, None
     quiet = logging.getLogger("picklescan")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it warns on every non-pickle it is handed; we hand it everything
+    quiet.setLevel(logging.ERROR)  # it warns on malformed streams; the errors are kept below
     try:
-        for name, data in _leaves(folder):
+        for name, data in pickles.leaves(folder):
             seen.append(name)
-            if Path(name).suffix in TEXT_SUFFIXES or Path(name).name == "MLmodel":
-                skipped += 1  # read as YAML / JSON / text by whoever reads them; as pickles they parse to noise
+            if pickles.is_text(name):
+                text += 1  # read as YAML / JSON / text by whoever reads them; as pickles they parse to noise
                 continue
+            if not pickles.pickle_like(name, data):
+                continue  # raw bytes (tensor storage, safetensors, ONNX): no loader unpickles them
             try:
                 r = scan_pickle_bytes(io.BytesIO(data), name)
             except Exception as e:  # picklescan raises ValueError on some malformed streams
@@ -157,10 +125,11 @@ def check_scan(folder):
             bad = sorted({f"{g.module}.{g.name}" for g in r.globals if g.safety.value != "innocuous"})
             if bad or r.issues_count:
                 flagged[name] = bad
-            if r.globals or _pickle_like(name, data):
-                pickles[name] = len(r.globals)
+            found[name] = len(r.globals)
             if r.scan_err:
                 errors.append(f"{name}: pickle stream broken after {len(r.globals)} imports")
+    except pickles.TooDeep as e:  # the rest is unscanned: never a pass, nor a warning a gate lets through
+        deep = str(e)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         errors.append(f"{folder}: {e}")
     finally:
@@ -168,14 +137,16 @@ def check_scan(folder):
     if flagged:
         return [finding("pickle-scan", "FAIL", "critical", f"picklescan: {json.dumps(flagged)}",
                         "delete these files; never load them")]
-    if errors or len(seen) == skipped:
+    if deep:
+        return [finding("pickle-scan", "FAIL", "high", deep, "do not load it; re-export the model")]
+    if errors or len(seen) == text:
         return [finding("pickle-scan", "WARN", "medium", f"picklescan saw {len(seen)} files and archive members "
-                        f"under {folder} ({skipped} of them text); {'; '.join(errors) or 'nothing to scan'}",
+                        f"under {folder} ({text} of them text); {'; '.join(errors) or 'nothing to scan'}",
                         "point the scan at the folder that holds the model files")]
-    return [finding("pickle-scan", "PASS", "info", f"picklescan: {len(_files(folder))} files ({len(seen)} entries "
-                    f"counting archive members, {skipped} text), {len(pickles)} pickles "
-                    f"(imports each: {json.dumps(pickles)}), "
-                    "no code-running import")]
+    return [finding("pickle-scan", "PASS", "info", f"picklescan: {len(pickles.files(folder))} files "
+                    f"({len(seen)} entries counting archive members, {text} text, "
+                    f"{len(seen) - text - len(found)} raw data), {len(found)} pickles "
+                    f"(imports each: {json.dumps(found)}), no code-running import")]
 
 
 # --- environment and configuration --------------------------------------------------------------------------
