@@ -236,6 +236,8 @@ def test_compose_stack_is_the_team_server_of_the_server_test(tmp_path):
     and basic-auth), publishes on loopback only, and takes every secret from .env; podman-compose renders it (its
     --dry-run up prints the podman commands; Debian's 1.0.3 has no `config`). The services are not started here:
     the public PostgreSQL and MinIO images cannot be pulled on these machines (README)."""
+    if shutil.which("podman-compose") is None:
+        pytest.skip("no podman-compose (Debian: apt-get install podman-compose; scripts/test.sh does)")
     from test_server import ARTIFACTS, AUTH_INI, BUCKETS, SERVER_VARIABLES
 
     project = bake(tmp_path, task="classification", init_git=False)
