@@ -1,7 +1,10 @@
 """A scratch copy of this project with tiny params, for tests that run the stages themselves."""
 
+import io
 import json
+import os
 import socket
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -100,3 +103,17 @@ def make_pngs(folder, info, seed, corruption=None):
 @pytest.fixture
 def synthetic_pngs():
     return make_pngs
+
+
+# Security tests: a pickle that runs code when loaded, and archives of given members.
+class Evil:
+    def __reduce__(self):  # unpickling this runs a shell command
+        return (os.system, ("echo pwned",))
+
+
+def zip_of(members):  # {name: bytes} -> the bytes of a zip holding them
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()

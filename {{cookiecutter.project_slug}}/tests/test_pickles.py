@@ -1,32 +1,17 @@
-import io
-import os
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from conftest import Evil, zip_of
 from {{ cookiecutter.package_name }}.lib import pickles, security
-
-
-class Evil:
-    def __reduce__(self):  # unpickling this runs a shell command
-        return (os.system, ("echo pwned",))
-
-
-def _zip(members):  # {name: bytes} -> the bytes of a zip holding them
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def _nested(data, depth):  # `data` as m.pkl inside `depth` zips
     for _ in range(depth):
-        data = _zip({"m.pkl" if data[:1] == b"\x80" else "inner.zip": data})
+        data = zip_of({"m.pkl" if data[:1] == b"\x80" else "inner.zip": data})
     return data
 
 
@@ -44,7 +29,7 @@ def test_raw_weight_blobs_never_trip_the_scan(tmp_path, dtype):
         blobs[f"m/data/weights/weight_{i}"] = values.astype(dtype).tobytes()
         blobs[f"m/data/{i}"] = rng.bytes(int(rng.integers(1, 4096)))  # torch.save storage: any byte at all
     blobs["m/data/weights/weight_hdr"] = b"\x80\x02" + rng.bytes(1022)  # a pickle header by chance
-    (tmp_path / "model.pt2").write_bytes(_zip(blobs))
+    (tmp_path / "model.pt2").write_bytes(zip_of(blobs))
     assert not [n for n, d in pickles.leaves(tmp_path) if pickles.pickle_like(n, d)]
     (scan,) = security.check_scan(tmp_path)
     assert scan["status"] == "PASS" and "0 pickles" in scan["evidence"], scan["evidence"]
@@ -58,7 +43,7 @@ def test_trained_weights_in_a_real_export_pass_and_a_payload_beside_them_fails(t
     (scan,) = security.check_scan(tmp_path)
     assert scan["status"] == "PASS", scan["evidence"]
     # The real payload still fails, wherever it hides: named as a pickle, or unnamed but a pickle stream.
-    (tmp_path / "x.pt2").write_bytes(_zip({"m/data/weights/weight_0": pickle.dumps(Evil())}))
+    (tmp_path / "x.pt2").write_bytes(zip_of({"m/data/weights/weight_0": pickle.dumps(Evil())}))
     (scan,) = security.check_scan(tmp_path)
     assert scan["status"] == "FAIL" and scan["severity"] == "critical" and "posix.system" in scan["evidence"]
 

@@ -1,7 +1,5 @@
 import io
-import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import onnx
@@ -11,14 +9,10 @@ from onnx import TensorProto, helper
 from packaging.version import Version
 from torch import nn
 
+from conftest import Evil, zip_of
 from {{ cookiecutter.package_name }}.lib import models, names, security
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
-
-
-class Evil:
-    def __reduce__(self):  # unpickling this runs a shell command
-        return (os.system, ("echo pwned",))
 
 
 def _tiny_classifier():
@@ -32,14 +26,6 @@ def _onnx(path):  # a one-node ONNX graph, valid for onnx.checker
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
     onnx.save(helper.make_model(graph), str(path))
-
-
-def _zip(members):  # {name: bytes} -> the bytes of a zip holding them
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def _pyproject(path, *deps):
@@ -67,7 +53,7 @@ def test_scan_opens_archives_inside_archives(tmp_path):
 
     inner = io.BytesIO()
     torch.save({"payload": Evil()}, inner)
-    (tmp_path / "model.pt2").write_bytes(_zip({"m/data/sample_inputs/model.pt": inner.getvalue()}))
+    (tmp_path / "model.pt2").write_bytes(zip_of({"m/data/sample_inputs/model.pt": inner.getvalue()}))
     assert scan_file_path(str(tmp_path / "model.pt2")).scanned_files == 0
     (result,) = security.check_scan(tmp_path)
     assert result["status"] == "FAIL" and "model.pt2:m/data/sample_inputs/model.pt:" in result["evidence"]
