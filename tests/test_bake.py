@@ -30,13 +30,14 @@ COMMON = {
     *(f"src/{{pkg}}/lib/{m}.py" for m in (
         "__init__", "names", "paths", "params", "stage", "models", "optim", "task", "runtime", "measure",
         "explain", "decoding", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
-        "report", "pickles", "drift", "agreement", "ingest", "dataset", "store", "energy", "inference", "card")),
+        "report", "pickles", "splits", "drift", "agreement", "ingest", "dataset", "store", "energy", "inference",
+        "card")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models", "test_optim",
         "test_task", "test_tracking", "test_store", "test_energy", "test_environment", "test_files", "test_runtime",
         "test_corruptions", "test_security", "test_serving", "test_decoding", "test_prepare", "test_predict",
         "test_challenge", "test_pr_report", "test_drift", "test_explain", "test_train", "test_analyze",
-        "test_optimize", "test_robustness", "test_register", "test_card", "test_pickles")),
+        "test_optimize", "test_robustness", "test_register", "test_card", "test_pickles", "test_splits")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 

@@ -28,18 +28,6 @@ def test_synthetic_rejects_unsupported_class_count():
         ingest.make_synthetic("classification", n=4, size=32, num_classes=9, seed=0)
 
 
-def test_splits_are_disjoint_complete_and_seeded():
-    s = ingest.split_indices(100, 0.15, 0.15, seed=0)
-    assert [len(s[k]) for k in ("train", "val", "test")] == [70, 15, 15]
-    assert sorted(np.concatenate(list(s.values())).tolist()) == list(range(100))
-    assert np.array_equal(s["val"], ingest.split_indices(100, 0.15, 0.15, seed=0)["val"])
-
-
-def test_too_few_images_for_a_split():
-    with pytest.raises(ingest.DataError, match="too few"):
-        ingest.split_indices(3, 0.15, 0.15, seed=0)
-
-
 def test_channel_stats_on_known_values():
     images = np.zeros((2, 1, 2, 3), np.uint8)
     images[0, ..., 0] = 255  # red channel: half the pixels 1.0, half 0.0

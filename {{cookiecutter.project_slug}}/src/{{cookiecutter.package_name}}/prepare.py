@@ -10,19 +10,19 @@ in order, so the bytes written do not depend on their number. prepare opens no M
 is one MLflow run, opened by train, which logs these statistics with it.
 """
 
-from {{ cookiecutter.package_name }}.lib import drift, files, ingest, paths, stage
+from {{ cookiecutter.package_name }}.lib import drift, files, ingest, paths, splits, stage
 
 
 def synthetic(p, seed):
     """(number of images, rows(indices) -> (image, target, original size), class names, num_classes, original
-    sizes seen)."""
+    sizes seen, labels to stratify the splits by: None, so the synthetic split stays as it always was)."""
     if p["num_classes"] == "auto":
         raise ingest.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
                              "synthetic data needs a number (2 for segmentation, 3 for classification)")
     images, targets, names = ingest.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
                                                  p["num_classes"], seed)
     size = (p["image_size"], p["image_size"])  # made at the training size: nothing is resized
-    return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, p["num_classes"], []
+    return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, p["num_classes"], [], None
 
 
 def folder(p, pool):
@@ -42,14 +42,16 @@ def folder(p, pool):
                                                     num_classes=num_classes):
             originals.append(original)
             yield image, target, original
-    return len(items), rows, names, num_classes, originals
+    labels = [label for _, label in items] if p["task"] == "classification" else None  # class folders
+    return len(items), rows, names, num_classes, originals, labels
 
 
 def build(p, seed, out, pool):
     """Write the three splits into folder `out`; returns (dataset description, train class counts, sizes seen,
     drift reference statistics of the train split)."""
-    n, rows, names, num_classes, originals = synthetic(p, seed) if p["source"] == "synthetic" else folder(p, pool)
-    idx = ingest.split_indices(n, p["val_fraction"], p["test_fraction"], seed)
+    n, rows, names, num_classes, originals, labels = (synthetic(p, seed) if p["source"] == "synthetic"
+                                                      else folder(p, pool))
+    idx = splits.split_indices(n, p["val_fraction"], p["test_fraction"], seed, labels, names)
     train_stats = drift.Statistics(drift.sample_mask(len(idx["train"]), seed))  # fed as the train rows stream by
     written = {name: ingest.write_split(out / paths.split(name).name,
                                       train_stats.observe(rows(i)) if name == "train" else rows(i), len(i),

@@ -229,18 +229,7 @@ def decoded(items, workers_pool, **settings):
     return workers_pool.imap(fn, items, chunksize=4) if workers_pool else map(fn, items)
 
 
-# --- splits, streaming writes and statistics ----------------------------------------------------------------
-
-def split_indices(n, val_fraction, test_fraction, seed):
-    """Shuffled, disjoint train/val/test index arrays covering range(n); every split non-empty."""
-    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
-    if min(n_val, n_test, n - n_val - n_test) < 1:
-        need = math.ceil(1 / min(val_fraction, test_fraction)) if min(val_fraction, test_fraction) > 0 else "∞"
-        raise DataError(f"{n} images are too few for val_fraction={val_fraction}, test_fraction={test_fraction}: "
-                        f"a split would be empty; add images (at least {need}) or raise the fractions")
-    order = np.random.default_rng(seed).permutation(n)
-    return {"train": order[n_val + n_test:], "val": order[:n_val], "test": order[n_val:n_val + n_test]}
-
+# --- streaming writes and statistics (the split itself: splits.py) -----------------------------------------
 
 def _npy_writer(path, dtype, shape):
     """An open .npy file with its header written; the caller appends the rows' bytes in order."""
