@@ -136,3 +136,40 @@ def test_an_image_over_the_pixel_limit_names_the_file_and_the_param(tmp_path):
     with pytest.raises(decoding.DataError, match=r"big.png: over prepare.max_image_pixels=300 .*\(20x20\)"):
         decoding.read(tmp_path / "big.png", max_pixels=300)
     assert decoding.read(tmp_path / "big.png", max_pixels=400)[1] == (20, 20)
+
+
+def _photo(width, height, seed):
+    """A JPEG-like photograph: smooth shading, hard-edged shapes and sensor noise (uint8 (H, W, 3))."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    image = np.stack([120 + 100 * np.sin(3 * x + c) * np.cos(2 * y - c) for c in range(3)], -1)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.2)
+        image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("width,height,orientation", [(512, 512, 1), (512, 384, 1), (640, 480, 6), (333, 517, 1)])
+def test_jpegs_decode_at_the_size_used_within_the_tolerance(tmp_path, width, height, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path, "photo.jpg", Image.fromarray(_photo(width, height, width)), quality=90, exif=exif)
+    whole, size = decoding.read(path)  # no fit_to: every pixel decoded
+    assert size == ((height, width) if orientation == 6 else (width, height)) == (whole.shape[1], whole.shape[0])
+    for target, mode in [(48, "pad"), (64, "crop"), (64, "stretch"), (128, "pad"), (200, "pad")]:
+        drafted, seen = decoding.read(path, fit_to=(target, mode))
+        assert seen == size  # the file's own size, not the decoded one: unfit and the drift checks use it
+        w, h, _, _ = decoding.geometry(*size, target, mode)
+        # The largest DCT scale (1/8 at most) that stays at or above twice what fit needs, on both sides.
+        assert drafted.shape[1] >= 2 * w and drafted.shape[0] >= 2 * h
+        assert drafted.shape[1] < 4 * w or drafted.shape[0] < 4 * h or drafted.shape[0] * 8 <= whole.shape[0] + 7
+        fitted, original = decoding.load(path, target, mode)
+        difference = np.abs(fitted.astype(int) - decoding.fit(whole, target, mode).astype(int)).mean()
+        assert original == size and difference <= decoding.DRAFT_TOLERANCE, (target, mode, difference)
+
+
+def test_only_jpeg_images_are_drafted(tmp_path):
+    path = _save(tmp_path, "photo.png", Image.fromarray(_photo(256, 256, 0)))
+    assert decoding.read(path, fit_to=(32, "pad"))[0].shape == (256, 256, 3)
+    mask = _save(tmp_path, "mask.jpg", Image.fromarray(np.zeros((256, 256), np.uint8)))
+    assert decoding.read(mask, "mask", fit_to=(32, "pad"))[0].shape == (256, 256)  # masks: every pixel, always
