@@ -64,7 +64,7 @@ def tampered_lock(tmp_path, names=("torch",)):
     """uv.lock with these packages moved to version 0.0.1."""
     text = LOCK.read_text()
     for name in names:
-        version = environment.installed_versions()[name]
+        version = environment.installed_versions()[name].split("+")[0]  # a CPU wheel's +cpu is not in the lock
         text = text.replace(f'name = "{name}"\nversion = "{version}"', f'name = "{name}"\nversion = "0.0.1"')
     (tmp_path / "uv.lock").write_text(text)
 
