@@ -2,6 +2,7 @@
 leaves no MLflow run RUNNING. Bad cookiecutter answers have their own table in test_hooks.py."""
 
 import http.server
+import importlib.metadata
 import shutil
 import socket
 import sqlite3
@@ -78,6 +79,20 @@ def _plant(rel, content=b"", replace=False):
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
+    return plant
+
+
+def _lock(*names):
+    """uv.lock edited by hand: these packages locked at 0.0.1, which this environment does not have."""
+    def plant(project):
+        lock = project / "uv.lock"
+        text = lock.read_text()
+        for name in names:
+            version = importlib.metadata.version(name).split("+")[0]
+            edited = text.replace(f'name = "{name}"\nversion = "{version}"', f'name = "{name}"\nversion = "0.0.1"')
+            assert edited != text, name
+            text = edited
+        lock.write_text(text)
     return plant
 
 
@@ -228,6 +243,19 @@ CASES = [
     ("predict-missing-input", None, None, "predict nowhere.png --out predictions", {},
      "nowhere.png: no such file or folder"),
     ("drift-alpha", _set("predict.drift.alpha", 1.5), None, PREPARE, {}, "predict.drift.alpha=1.5: must be a number"),
+    # --- the check stage, which DVC runs before emptying any other stage's outputs ---
+    ("check-bad-value", _set("train.epochs", "abc"), None, "check", {},  # dvc exp run -S train.epochs=abc
+     "check: ParamsError: params.yaml: train.epochs='abc': must be an integer >= 1"),
+    ("check-added-key", _set("train.epoch", 3), None, "check", {},  # -S +train.epoch=3, as DVC's own hint says
+     "train.epoch: unknown key; did you mean train.epochs?"),
+    # --- an environment that is not the locked one (the switch, ALLOW_LOCK_MISMATCH, unset) ---
+    ("lock-edited", None, _lock("torch"), PREPARE, {}, "uv.lock: 1 installed package(s) differ from the lock: torch "),
+    ("lock-edited-train", None, _lock("torch", "numpy", "pyyaml", "tqdm", "mlflow"), TRAIN, {},
+     "uv.lock: 5 installed package(s) differ from the lock: mlflow "),  # names sorted, the first three shown
+    ("lock-edited-check", None, _lock("numpy", "pyyaml", "tqdm", "mlflow", "dvc"), "check", {},
+     ") and 2 more; `uv sync --frozen` installs the locked versions"),
+    ("lock-switch-misspelt", None, None, PREPARE, {"ALLOW_LOCK_MISMATCH": "maybe"},
+     "ALLOW_LOCK_MISMATCH='maybe': must be 1"),
 ]
 # A run that fails in training ends FAILED (others open no run).
 FAILED_RUN = {"diverging-lr"}
@@ -323,4 +351,4 @@ def test_bad_input_fails_early_and_clearly(outcomes, case):
 
 @pytest.mark.fast
 def test_the_table_is_big_enough():
-    assert len(CASES) >= 65 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 78 and len({c[0] for c in CASES}) == len(CASES)

@@ -15,7 +15,7 @@ from conftest import BIN, TEMPLATE, bake
 
 pytestmark = pytest.mark.fast
 
-STAGES = ("prepare", "train", "analyze", "optimize", "robustness", "register")
+STAGES = ("check", "prepare", "train", "analyze", "optimize", "robustness", "register")
 ENTRY_POINTS = (*STAGES, "compare", "predict", "challenge", "pr_report")
 
 # The exact files of a baked project (besides .git/), before conditional ones.
@@ -33,8 +33,9 @@ COMMON = {
         "report", "pickles", "splits", "drift", "agreement", "ingest", "dataset", "store", "energy", "inference",
         "card")),
     *(f"tests/{m}.py" for m in (
-        "conftest", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models", "test_optim",
-        "test_task", "test_tracking", "test_store", "test_energy", "test_environment", "test_files", "test_runtime",
+        "conftest", "test_check", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models",
+        "test_optim", "test_task", "test_tracking", "test_store", "test_energy", "test_environment", "test_files",
+        "test_runtime",
         "test_corruptions", "test_security", "test_serving", "test_decoding", "test_prepare", "test_predict",
         "test_challenge", "test_pr_report", "test_drift", "test_explain", "test_train", "test_analyze",
         "test_optimize", "test_robustness", "test_register", "test_card", "test_pickles", "test_splits")),
@@ -99,7 +100,10 @@ def test_generated_config_parses_and_carries_the_answers(case):
     assert params["train"]["model"]["architecture"] == ctx.get("architecture", "Unet" if task == "segmentation"
                                                                  else "resnet18")
     assert params["mlflow"]["tracking_uri"] == ctx.get("mlflow_tracking_uri", "sqlite:///mlflow.db")
-    assert list(dvc["stages"]) == ["prepare", "train", "analyze", "optimize", "robustness", "register"]
+    assert list(dvc["stages"]) == list(STAGES)
+    # check first: every other stage depends on its output, which never changes, and it on the whole params.yaml
+    assert dvc["stages"]["check"]["deps"][:2] == ["params.yaml", "uv.lock"]
+    assert all("reports/check.txt" in stage["deps"] for name, stage in dvc["stages"].items() if name != "check")
     assert params["register"]["model_name"] == project.name
     assert pyproject["project"]["requires-python"] == f">={ctx.get('python_version', '3.11')}"
     assert "torch>=2.10" in pyproject["project"]["dependencies"]

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 from {{ cookiecutter.package_name }} import train
@@ -57,6 +58,37 @@ def test_a_lock_the_environment_does_not_match_is_reported(tmp_path):
     (tmp_path / "uv.lock").write_text(tampered)
     installed = environment.installed_versions()["torch"]
     assert environment.lock_matches(tmp_path).startswith(f"false: torch {installed} (lock 0.0.1)")
+
+
+def tampered_lock(tmp_path, names=("torch",)):
+    """uv.lock with these packages moved to version 0.0.1."""
+    text = LOCK.read_text()
+    for name in names:
+        version = environment.installed_versions()[name].split("+")[0]  # a CPU wheel's +cpu is not in the lock
+        text = text.replace(f'name = "{name}"\nversion = "{version}"', f'name = "{name}"\nversion = "0.0.1"')
+    (tmp_path / "uv.lock").write_text(text)
+
+
+def test_an_environment_the_lock_does_not_pin_stops_the_stage_with_the_fix(tmp_path):
+    names = ("torch", "numpy", "pyyaml", "mlflow", "dvc")
+    tampered_lock(tmp_path, names)
+    with pytest.raises(environment.LockMismatchError) as e:
+        environment.check(tmp_path, env={})
+    message = str(e.value)
+    assert message.startswith("uv.lock: 5 installed package(s) differ from the lock: ")
+    assert message.count("(lock ") == 3 and "and 2 more" in message  # a few names, then a count
+    assert "`uv sync --frozen`" in message and "ALLOW_LOCK_MISMATCH=1" in message
+    with pytest.raises(environment.LockMismatchError):
+        environment.check(tmp_path, env={"ALLOW_LOCK_MISMATCH": "0"})
+
+
+def test_the_switch_runs_anyway_and_a_misspelt_value_is_refused(tmp_path):
+    tampered_lock(tmp_path)
+    differs = environment.check(tmp_path, env={"ALLOW_LOCK_MISMATCH": "1"})
+    assert list(differs) == ["torch"] and differs["torch"][1] == ["0.0.1"]
+    with pytest.raises(environment.LockMismatchError, match="ALLOW_LOCK_MISMATCH='maybe': must be 1"):
+        environment.check(tmp_path, env={"ALLOW_LOCK_MISMATCH": "maybe"})
+    assert environment.check(tmp_path / "no-lock", env={}) == {}  # a scratch copy without uv.lock: nothing to check
 
 
 def test_train_records_the_environment_in_its_run(project, runs):

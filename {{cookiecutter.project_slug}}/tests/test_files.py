@@ -1,6 +1,7 @@
 import errno
 import json
 import math
+import shutil
 
 import pytest
 import yaml
@@ -76,3 +77,38 @@ def test_space_is_estimated_from_what_the_outputs_take(stage_dir):
     files.check_space(outputs, [], free=lambda folder: 7 * 2**20)  # old copy + new copy fit
     with pytest.raises(OSError, match=r": 5 MiB free, the stage needs about 6 MiB; free some space"):
         files.check_space(outputs, [], free=lambda folder: 5 * 2**20)
+
+
+def test_room_for_what_a_stage_writes_late_is_checked_before_work(tmp_path, monkeypatch):
+    # A full disk under models/ or mlruns/ found before the first epoch, not after the last.
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: usage._replace(free=30 * 2**20))
+    needs = {tmp_path / "models": (10 * 2**20, "the checkpoint"),
+             tmp_path / "mlruns" / "1" / "abc" / "artifacts": (20 * 2**20, "the checkpoint and the logged model")}
+    files.check_room({tmp_path / "models": needs[tmp_path / "models"]}, "train")  # 10 MiB x 1.25 + 8 MiB fits
+    # Folders on one disk add up: 30 MiB x 1.25 + 8 MiB = 45.5 MiB.
+    with pytest.raises(OSError, match=rf"{tmp_path}: {30 * 2**20} bytes free \(30 MiB\), train needs about "
+                                      rf"{int(30 * 2**20 * 1.25) + 8 * 2**20} bytes \(46 MiB: the checkpoint in "):
+        files.check_room(needs, "train")
+
+
+class SafetensorError(Exception):
+    """As safetensors raises it: no errno, no path, the OS's words inside."""
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                    'on device" })'),
+])
+def test_a_full_disk_while_writing_keeps_the_old_file_and_names_the_path(tmp_path, error):
+    target = tmp_path / "models" / "model.safetensors"
+    target.parent.mkdir()
+    target.write_bytes(b"the last good model")
+    with pytest.raises(OSError, match=r"model.safetensors: not written, its disk is full \(\d+ MiB free in ") as e, \
+            files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a mod")
+        raise error
+    assert e.value.errno == errno.ENOSPC and "any previous model.safetensors is untouched" in str(e.value)
+    assert target.read_bytes() == b"the last good model"
+    assert [p.name for p in target.parent.iterdir()] == ["model.safetensors"]  # no temporary copy left

@@ -114,6 +114,14 @@ def test_a_duplicated_key_is_an_error_not_a_silent_choice(tmp_path):
         params.load(tmp_path / "params.yaml")
 
 
+@pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("1e+30", 1e30), ("2E3", 2000.0), ("1.5e-3", 1.5e-3)])
+def test_a_number_as_dvc_writes_it_is_a_number(tmp_path, text, value):
+    # `dvc exp run -S lr=1e-4` writes `lr: 1e-4`: YAML 1.2's float, which YAML 1.1 (PyYAML) reads as a string.
+    shipped = (Path(__file__).parents[1] / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(shipped.replace("\nlr: 0.001\n", f"\nlr: {text}\n", 1))
+    assert params.load(tmp_path / "params.yaml")["lr"] == value
+
+
 @pytest.mark.parametrize("value", ["usa", "US", "United States", 840])
 def test_the_energy_country_is_a_three_letter_code(value):
     (error,) = errors_with(mlflow__energy__country=value)

@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -36,6 +37,60 @@ def test_user_errors_end_in_one_line_and_exit_1(error, monkeypatch):
     with pytest.raises(SystemExit) as e:
         stage.run("demo", main)
     assert e.value.code == f"demo: {type(error).__name__}: {error}"
+
+
+def test_a_full_disk_error_without_a_path_says_where_to_look():
+    line = stage.explained(OSError(errno.ENOSPC, "No space left on device"))
+    assert line.startswith("OSError: [Errno 28] No space left on device; a disk this stage writes to is full")
+    assert "models/ or mlruns/" in line and "df -h" in line
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_under_dvc_a_failure_says_how_to_get_the_outputs_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dvc = {"DVC_STAGE": "train", "DVC_ROOT": str(tmp_path)}
+    assert stage.recovery("train", env={}) is None  # by hand: outputs are replaced whole, the old ones are there
+    assert stage.recovery("train", env=dvc).endswith("`dvc checkout`")  # no git: nothing committed to go back to
+    git(tmp_path, "init", "-q")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "train.json").write_text("{}")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "results")
+    line = stage.recovery("train", env=dvc)
+    assert line.startswith("train: what to do now: DVC removed this stage's outputs before running it")
+    assert line.endswith("`git checkout HEAD -- params.yaml metrics && dvc checkout`")  # only what git holds
+    assert "no other stage ran" in stage.recovery("check", env={**dvc, "DVC_STAGE": "check"})
+    assert "`git checkout params.yaml && dvc checkout`" in stage.recovery("check", env={**dvc, "DVC_STAGE": "check"})
+    temp = stage.recovery("train", env={**dvc, "DVC_ROOT": str(tmp_path / "elsewhere")})
+    assert "your workspace is untouched" in temp  # dvc exp run --temp / --queue ran in a copy
+
+
+def test_under_dvc_the_line_follows_the_error_and_a_bugs_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setenv("DVC_STAGE", "demo")
+    monkeypatch.setenv("DVC_ROOT", os.getcwd())
+
+    def bad_input():
+        raise ValueError("bad value")
+
+    with pytest.raises(SystemExit) as e:
+        stage.run("demo", bad_input)
+    first, second = e.value.code.splitlines()
+    assert first == "demo: ValueError: bad value" and second.startswith("demo: what to do now: ")
+
+    def bug():
+        raise KeyError("a bug")
+
+    with pytest.raises(SystemExit) as e:
+        stage.run("demo", bug)
+    assert e.value.code.startswith("demo: what to do now: ")
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'a bug'" in err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

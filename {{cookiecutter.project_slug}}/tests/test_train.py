@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -243,6 +244,16 @@ def test_unreachable_server_stops_before_training(project, monkeypatch, closed_p
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ConnectionError, match="unreachable"):
         train.main()
+
+
+def test_a_disk_without_room_for_the_model_stops_before_training(project, monkeypatch, runs):
+    usage = shutil.disk_usage(project)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: usage._replace(free=2**20))
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(OSError, match=r": 1048576 bytes free \(1 MiB\), train needs about \d+ bytes \(\d+ MiB: the "):
+        train.main()
+    (run,) = runs(project)
+    assert run.info.status == "FAILED" and not (project / "models").exists()
 
 
 def test_tracking_can_be_switched_off(project):

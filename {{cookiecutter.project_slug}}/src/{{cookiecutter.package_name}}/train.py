@@ -12,6 +12,7 @@ arguments), metrics/train.json, metrics/mlflow.json (the run id and logged model
 Under torchrun only rank 0 writes files and talks to MLflow; train metrics are summed over ranks.
 """
 
+import tempfile
 import time
 
 import mlflow
@@ -155,6 +156,18 @@ ARTIFACTS = ((paths.CHECKPOINT, "checkpoint"), (paths.HISTORY, "history"), (path
              (paths.CURVES, "plots"), (paths.PREDICTIONS, "plots"))
 
 
+def check_room(model, run):
+    """Before the first epoch: room for the checkpoint (the model's tensors' bytes) in models/ and, when tracked,
+    for log_model's copy in the temporary folder and the two in the run's artifacts (checkpoint, logged model)."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needs = {paths.CHECKPOINT.parent: (size, "the checkpoint")}
+    if run is not None:
+        needs[tempfile.gettempdir()] = (size, "the model, as MLflow stages it")
+        if (artifacts := tracking.local_artifacts(run)) is not None:
+            needs[artifacts] = (2 * size, "the checkpoint and the logged model")
+    files.check_room(needs, "train")
+
+
 def log_model(run, model, example):
     """The model (pt2: no pickle) into the run; returns train's run reference."""
     with torch.inference_mode():  # a batch of 2: MLflow's default pt2 (torch.export) format fixes size-1 dimensions
@@ -199,6 +212,8 @@ def main():
     # Opened inside closing(): a signal arriving as the run opens still ends it KILLED.
     with tracking.closing(lambda: start_run(p, info, model_args, world, device) if tracked else None, st.name,
                           p["mlflow"]) as run:
+        if rank == 0:  # the one that writes
+            check_room(model, run)
         start = time.perf_counter()
         best_state, history, best_epoch = fit(
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,

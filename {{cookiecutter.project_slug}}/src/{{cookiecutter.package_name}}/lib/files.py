@@ -7,6 +7,7 @@ it starts (the leftovers of an interrupted write removed).
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -39,8 +40,22 @@ def atomic_path(path, directory=False):
         if directory and path.is_dir():
             shutil.rmtree(path)
         os.replace(target, path)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        # Libraries say it without the path (safetensors' SafetensorError, OSError errno 28 from a flush).
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC, f"{path}: not written, its disk is full ({free / 2**20:.0f} MiB free in "
+                      f"{path.parent.resolve()}); any previous {path.name} is untouched; free some space (dvc gc, "
+                      "old mlruns/) and run the stage again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_full(e):
+    """An error that means no space was left: OSError ENOSPC / EDQUOT, or a library's error carrying its text."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    return (isinstance(e, OSError) and e.errno in codes) or any(os.strerror(c) in str(e) for c in codes)
 
 
 def write_json(path, obj):
@@ -85,7 +100,9 @@ def require(stage, spec):
     absent: a stage run by hand before the ones that make its inputs. Without a spec nothing is checked."""
     if spec is None:
         return
-    deps = spec["deps"]
+    # check's output orders the stages for DVC only: each stage repeats check's checks itself (stage.begin), so
+    # one run by hand needs no `dvc repro check` first.
+    deps = [d for d in spec["deps"] if d != str(paths.CHECKED)]
     missing = [d for d in deps if not Path(d).exists()]
     if missing:
         raise FileNotFoundError(f"missing input(s) {', '.join(missing)}; `dvc repro {stage}` makes them by running "
@@ -160,6 +177,23 @@ def check_space(outputs, inputs, free=lambda folder: shutil.disk_usage(folder).f
         if (have := free(folder)) < need:
             raise OSError(f"{folder.resolve()}: {have / 2**20:.0f} MiB free, the stage needs about "
                           f"{need / 2**20:.0f} MiB; free some space (dvc gc, old mlruns/) or move the project")
+
+
+def check_room(needs, stage, free=lambda folder: shutil.disk_usage(folder).free):
+    """Room, before the work, for what the stage will write late: needs = {folder: (bytes, what)}. Folders on one
+    disk add up; each disk needs a quarter more than the sum, plus 8 MiB (headers, MLflow's small files)."""
+    disks = {}
+    for folder, (size, what) in needs.items():
+        found = existing_parent(folder)
+        disk = disks.setdefault(os.stat(found).st_dev, {"folder": found, "bytes": 0, "what": []})
+        disk["bytes"] += size
+        disk["what"].append(f"{what} in {Path(folder)}")
+    for disk in disks.values():
+        need = int(disk["bytes"] * 1.25) + 8 * 2**20
+        if (have := free(disk["folder"])) < need:
+            raise OSError(f"{disk['folder'].resolve()}: {have} bytes free ({have / 2**20:.0f} MiB), {stage} needs "
+                          f"about {need} bytes ({need / 2**20:.0f} MiB: {', '.join(disk['what'])}); free some space "
+                          "(dvc gc, old mlruns/) or move the project")
 
 
 def preflight(spec):

@@ -252,6 +252,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# DVC writes `-S lr=1e-4` as `lr: 1e-4`, a float in YAML 1.2 (DVC's reader) but a string in PyYAML's YAML 1.1,
+# which wants a dot (1.0e-4): without this, the value DVC accepted would be refused here as not a number.
+UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                      list("-+0123456789"))
+
+
 def load(path="params.yaml"):
     path = Path(path)
     if not path.is_file():

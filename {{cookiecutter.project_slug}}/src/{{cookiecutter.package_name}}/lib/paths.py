@@ -14,6 +14,9 @@ DVC_LOCK = Path("dvc.lock")
 # What the pipeline itself rewrites in the git workspace (cache: false outputs and the lock).
 PIPELINE_WRITTEN = ("dvc.lock", "metrics/", "plots/", "reports/")
 
+# check's output: its content never changes, so it orders the stages after check without rerunning them.
+CHECKED = Path("reports/check.txt")
+
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset.json"  # task, classes, normalisation statistics, split sizes, data sha256
 REFERENCE = PREPARED / "reference.json"  # the train split's statistics new images are checked against (drift.py)

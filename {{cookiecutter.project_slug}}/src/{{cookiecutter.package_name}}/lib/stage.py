@@ -1,5 +1,6 @@
-"""The start and end every stage shares: params and inputs checked before work, signals, and one line plus an
-exit code for every error a user can cause. Each stage module ends with
+"""The start and end every stage shares: params, environment and inputs checked before work, signals, and one
+line plus an exit code for every error a user can cause (under DVC, a second line: how to get back what DVC
+removed). Each stage module ends with
 
     if __name__ == "__main__":
         stage.run("train", main)
@@ -9,12 +10,16 @@ its own signal handlers and sees exceptions as exceptions).
 """
 
 import dataclasses
+import errno
 import os
 import signal
+import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
-from {{ cookiecutter.package_name }}.lib import files, params, paths
+from {{ cookiecutter.package_name }}.lib import environment, files, params, paths
 
 # Errors that mean bad input, missing files or an unreachable service: the user gets their message (which names
 # the key, file or URI and the fix) on one line. Anything else is a bug and keeps its traceback.
@@ -67,11 +72,15 @@ class Stage:
 
 
 def begin(name):
-    """This project's own code, params.yaml checked whole, the stage's dvc.yaml inputs present, its output
-    locations writable with room (leftovers of an interrupted write removed); returns the Stage. The tracking
-    store is checked as the stage opens its run (store.connect), also before any work."""
+    """This project's own code, params.yaml checked whole, the installed packages those uv.lock pins, the
+    stage's dvc.yaml inputs present, its output locations writable with room (leftovers of an interrupted write
+    removed); returns the Stage. The tracking store is checked as the stage opens its run (store.connect), also
+    before any work."""
     check_own_code()
     p = params.load()
+    if differs := environment.check():  # only returned with ALLOW_LOCK_MISMATCH=1
+        print(f"{name}: running although the environment differs from {environment.LOCK} ({environment.ALLOW}=1): "
+              f"{environment.described(differs)}", file=sys.stderr)
     spec = files.stage_spec(name)  # dvc.yaml read once: the inputs it needs, the outputs it writes
     files.require(name, spec)
     files.preflight(spec)
@@ -124,20 +133,64 @@ def handled(e):
     return isinstance(e, HANDLED) or (mlflow_errors is not None and isinstance(e, mlflow_errors.MlflowException))
 
 
+def committed(candidates, cwd="."):
+    """Those of `candidates` (paths) that git's HEAD holds; [] outside git or before the first commit."""
+    try:
+        listed = subprocess.run(["git", "ls-tree", "--name-only", "HEAD", "--", *candidates], cwd=cwd,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = set(listed.stdout.split()) if listed.returncode == 0 else set()
+    return [c for c in candidates if c in found]
+
+
+def recovery(name, env=os.environ):
+    """The line after a failure of a stage DVC ran, or None when run by hand (the previous outputs are still
+    there: they are replaced whole or not at all). DVC deletes a stage's outputs before running it, so a failed
+    stage has none; `check` fails before DVC reaches any other stage."""
+    if not env.get("DVC_STAGE"):
+        return None
+    if Path(env.get("DVC_ROOT") or Path.cwd()).resolve() != Path.cwd().resolve():
+        return (f"{name}: what to do now: fix the cause above and run the experiment again; it ran in DVC's "
+                "temporary copy (dvc exp run --temp / --queue), your workspace is untouched")
+    if name == "check":
+        return (f"{name}: what to do now: fix what the line above names, then `dvc repro`; no other stage ran, "
+                "every output is in place (to undo a `dvc exp run -S` instead: `git checkout params.yaml && "
+                "dvc checkout`)")
+    written = [str(w).rstrip("/") for w in paths.PIPELINE_WRITTEN]
+    back = committed([str(paths.PARAMS), *written])
+    restore = f"git checkout HEAD -- {' '.join(back)} && dvc checkout" if back else "dvc checkout"
+    return (f"{name}: what to do now: DVC removed this stage's outputs before running it; fix the cause above "
+            f"and `dvc repro`, or get back the last commit's params and outputs: `{restore}`")
+
+
+def explained(e):
+    """The user's one line for a handled error."""
+    message = str(e)
+    if not isinstance(e, (ValueError, OSError, ConnectionError)):  # MLflow's: may carry a whole HTML error page
+        message = " ".join(message.split())[:500]
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+        message += (f"; a disk this stage writes to is full (the project's models/ or mlruns/, or the temporary "
+                    f"folder {tempfile.gettempdir()}: `df -h` shows which): free some space and run it again")
+    return f"{type(e).__name__}: {message}"
+
+
 def run(name, main, defer_signals=False):
     """Run a stage's main() as a process: exit 0; 1 with one line `<stage>: <Error>: <message>`; 128 + the
-    signal's number when stopped by SIGTERM / SIGINT, as a shell reports death by that signal."""
+    signal's number when stopped by SIGTERM / SIGINT, as a shell reports death by that signal. Under DVC every
+    failure, a bug's traceback included, ends with recovery()'s line."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop if defer_signals else interrupt)
     try:
         main()
     except KeyboardInterrupt as e:
-        print(f"{name}: stopped: {e or 'interrupted'}", file=sys.stderr)
+        print("\n".join(filter(None, (f"{name}: stopped: {e or 'interrupted'}", recovery(name)))), file=sys.stderr)
         sys.exit(128 + signal.Signals[STOP["signal"] or "SIGINT"])
     except Exception as e:
+        advice = recovery(name)
         if not handled(e):
-            raise
-        message = str(e)
-        if not isinstance(e, (ValueError, OSError, ConnectionError)):  # MLflow's: may carry a whole HTML error page
-            message = " ".join(message.split())[:500]
-        sys.exit(f"{name}: {type(e).__name__}: {message}")
+            if advice is None:
+                raise
+            traceback.print_exc()  # a bug keeps its traceback, followed by what to do now
+            sys.exit(advice)
+        sys.exit("\n".join(filter(None, (f"{name}: {explained(e)}", advice))))

@@ -13,9 +13,11 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import psutil
+from mlflow.utils.file_utils import local_file_uri_to_path
 
 from {{ cookiecutter.package_name }}.lib import energy, paths, store
 
@@ -100,6 +102,12 @@ def pipeline_run(cfg, stage_name):
     """The stages after train: `with tracking.pipeline_run(p["mlflow"], "analyze") as run:` reopens train's run
     (None with tracking off), measures the stage's energy and ends the run as closing() says."""
     return closing(lambda: resume(cfg), stage_name, cfg)
+
+
+def local_artifacts(run):
+    """The folder of the run's artifacts when the store keeps them on this machine (a file: URI), else None."""
+    uri = run.info.artifact_uri
+    return Path(local_file_uri_to_path(uri)) if uri.startswith("file:") else None
 
 
 def run_name(architecture, encoder, pretrained, now=None):
