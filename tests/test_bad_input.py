@@ -3,6 +3,7 @@ leaves no MLflow run RUNNING. Bad cookiecutter answers have their own table in t
 
 import http.server
 import importlib.metadata
+import io
 import shutil
 import socket
 import sqlite3
@@ -65,6 +66,8 @@ def _folder(problem, *edits):
             Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(raw / "masks/3.png")
         elif problem == "mask_values":
             Image.fromarray(np.full((32, 32), 9, dtype=np.uint8)).save(raw / "masks/4.png")
+        elif problem == "same_name":  # pairs with masks/5.png too
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(raw / "images/5.JPG")
     return edit, plant
 
 
@@ -133,6 +136,17 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 
 class _Refusing(_Failing):  # a server in front of MLflow that wants credentials
     code = 401
+
+
+class _Missing(_Failing):  # a web server, but no MLflow at this address or path prefix
+    code = 404
+
+
+def _png():
+    """A small PNG's bytes: an input predict finds."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 # (id, params edit, planted files, command, extra env, what the message must contain)
@@ -256,6 +270,28 @@ CASES = [
      ") and 2 more; `uv sync --frozen` installs the locked versions"),
     ("lock-switch-misspelt", None, None, PREPARE, {"ALLOW_LOCK_MISMATCH": "maybe"},
      "ALLOW_LOCK_MISMATCH='maybe': must be 1"),
+    # --- nothing lost, nothing falsely alarmed (issue 26) ---
+    ("data-same-name", *_folder("same_name"), PREPARE, {},
+     "images/5.JPG and data/raw/images/5.png: two images named 5"),
+    ("predict-out-is-a-file", None, _plant("predictions", b"mine"), "predict nowhere.png --out predictions", {},
+     "--out predictions: is a file, not a folder; give a folder"),  # before the inputs, before any model loads
+    ("predict-model-uri", None, _plant("in/a.png", _png()), "predict in --out out --model models:/%%%", {},
+     "models:/%%%: not a valid model URI; valid forms: models:/<name>@<alias>, models:/<name>/<version>"),
+    ("predict-model-scheme", None, _plant("in/a.png", _png()), "predict in --out out --model s3x://bucket/model", {},
+     "s3x://bucket/model: unsupported scheme s3x:; give a deployable folder (a path) or a registry URI"),
+    ("server-404", None, None, TRAIN, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{missing}/mlflow"},
+     "/mlflow answers HTTP 404 (not found) at /health and at its REST API (/api/2.0/mlflow/...): no MLflow server at "
+     "this address; check the server's host, port and path prefix"),
+    ("predict-registry-404", None, _plant("in/a.png", _png()), "predict in --out out --model models:/m@champion",
+     {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{missing}"}, "answers HTTP 404 (not found) at /health"),
+    ("split-val-empty", _all(_set("prepare.synthetic_images", 10), _set("prepare.val_fraction", 0.04),
+                             _set("prepare.test_fraction", 0.04)), None, PREPARE, {},
+     "the val and test splits would be empty (train 10, val 0, test 0); add images (at least 13 in all at these "
+     "fractions), or raise val_fraction to 0.1 and test_fraction to 0.1: train 8, val 1, test 1"),
+    ("split-train-empty", _all(_set("prepare.synthetic_images", 10), _set("prepare.val_fraction", 0.49),
+                               _set("prepare.test_fraction", 0.49)), None, PREPARE, {},
+     "the train split would be empty (train 0, val 5, test 5); add images (at least 11 in all at these fractions), "
+     "or lower val_fraction and test_fraction (e.g. 0.4 each): train 2, val 4, test 4"),
 ]
 # A run that fails in training ends FAILED (others open no run).
 FAILED_RUN = {"diverging-lr"}
@@ -291,13 +327,14 @@ def outcomes(tmp_path_factory):
     # A tracking server that answers 503 to everything, and one that accepts connections and never answers.
     failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
-    for server in (failing, refusing):
+    missing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Missing)
+    for server in (failing, refusing, missing):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     ports = {"failing": failing.server_address[1], "refusing": refusing.server_address[1],
-             "silent": silent.getsockname()[1]}
+             "missing": missing.server_address[1], "silent": silent.getsockname()[1]}
 
     def run(case):
         name, edit, plant, command, env, _ = case
@@ -333,6 +370,7 @@ def outcomes(tmp_path_factory):
     finally:
         failing.shutdown()
         refusing.shutdown()
+        missing.shutdown()
         silent.close()
 
 

@@ -31,14 +31,15 @@ COMMON = {
         "__init__", "names", "paths", "params", "stage", "models", "optim", "task", "runtime", "measure",
         "explain", "decoding", "corruptions", "security", "serving", "tracking", "environment", "files", "plots",
         "report", "pickles", "splits", "drift", "agreement", "ingest", "dataset", "store", "energy", "inference",
-        "card")),
+        "card", "scoring")),
     *(f"tests/{m}.py" for m in (
         "conftest", "test_check", "test_params", "test_stage", "test_ingest", "test_dataset", "test_models",
         "test_optim", "test_task", "test_tracking", "test_store", "test_energy", "test_environment", "test_files",
         "test_runtime",
         "test_corruptions", "test_security", "test_serving", "test_decoding", "test_prepare", "test_predict",
         "test_challenge", "test_pr_report", "test_drift", "test_explain", "test_train", "test_analyze",
-        "test_optimize", "test_robustness", "test_register", "test_card", "test_pickles", "test_splits")),
+        "test_optimize", "test_robustness", "test_register", "test_card", "test_pickles", "test_splits",
+        "test_scoring")),
 }
 GIT = {".dvc/.gitignore", ".dvc/config"}
 
@@ -255,16 +256,23 @@ def test_makefile_and_pre_commit(case):
     targets = {line.split()[0] for line in listed.splitlines()}
     assert {"install", "install-cpu", "lock", "repro", "exp", "compare", "pr-report", "predict", "challenge", "test",
             "ui", "server", "serve", "push", "image", "up", "down"} <= targets
-    # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it).
+    # The team server binds loopback unless MLFLOW_HOST says otherwise (tests/test_server.py runs it), after a check
+    # that says in one line what would stop it (the project's tests/test_store.py).
+    package = project.name.replace("-", "_")
     dry = subprocess.run([make, "-n", "server", "AUTH=1"], cwd=project, capture_output=True, text=True,
-                         check=True).stdout
-    assert dry.strip() == 'uv run mlflow server --host "${MLFLOW_HOST:-127.0.0.1}" --app-name basic-auth'
+                         check=True).stdout.splitlines()
+    check = f"import sys; from {package}.lib import store; sys.exit(store.server_problem(True))"
+    assert dry == [f'uv run python -c "{check}"',
+                   'uv run mlflow server --host "${MLFLOW_HOST:-127.0.0.1}" --app-name basic-auth']
+    # The model server on loopback: MLflow's scoring app behind the project's guard (lib/scoring.py).
+    dry = subprocess.run([make, "-n", "serve"], cwd=project, capture_output=True, text=True, check=True).stdout
+    assert f"uv run uvicorn --factory {package}.lib.scoring:app --host 127.0.0.1 --port 5001" in " ".join(dry.split())
     dry = subprocess.run([make, "-n", "exp", "ARGS=-S lr=0.003"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
     assert dry.strip() == "uv run dvc exp run -S lr=0.003"
     dry = subprocess.run([make, "-n", "pr-report", "BASE=origin/main"], cwd=project, capture_output=True, text=True,
                          check=True).stdout
-    assert dry.strip() == f"uv run python -m {project.name.replace('-', '_')}.pr_report --base origin/main"
+    assert dry.strip() == f"uv run python -m {package}.pr_report --base origin/main"
     dry = subprocess.run([make, "-n", "lock"], cwd=project, capture_output=True, text=True, check=True).stdout
     assert "uv lock" in dry and "--output-file=requirements.txt" in dry
     # Containers: docker or podman, as given (or found on PATH); podman keeps HEALTHCHECK only in Docker's format.

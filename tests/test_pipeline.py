@@ -1,6 +1,7 @@
 """End to end: bake, `dvc repro` with tiny params, and check DVC, MLflow, the registry and the report agree."""
 
 import hashlib
+import http.client
 import json
 import re
 import shutil
@@ -236,10 +237,10 @@ def test_predict_command_gives_the_same_mask_from_the_deployable_and_the_champio
     assert run.data.metrics["agreement/pixel_mean"] == 1.0
 
 
-def post(port, payload):
-    """(HTTP status, body) of a JSON POST to the scoring server's /invocations."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(payload).encode(),
-                                     {"Content-Type": "application/json"})
+def post(port, payload, content_type="application/json"):
+    """(HTTP status, body) of a POST to the scoring server's /invocations (a payload that is not bytes as JSON)."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data, {"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode()
@@ -247,37 +248,66 @@ def post(port, payload):
         return e.code, e.read().decode()
 
 
+def post_declared(port, length):
+    """(HTTP status, body, seconds) of a POST declaring `length` bytes and sending a few: refused unread, or not."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.putrequest("POST", "/invocations")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(length))
+    connection.endheaders()
+    start = time.monotonic()
+    connection.send(b'{"inputs": [' + b"0.5, " * 1000)
+    response = connection.getresponse()
+    return response.status, response.read().decode(), time.monotonic() - start
+
+
 @pytest.mark.services
 def test_champion_answers_over_rest_and_refuses_bad_input_with_the_rule(pipeline, tmp_path):
     task, project, _ = pipeline
     port = free_port()
     env = project_env(project, MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db",
-                      MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
-    server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{project.name}@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false", MODEL_URI=f"models:/{project.name}@champion")
+    # `make serve`'s command (MLflow's scoring app behind lib/scoring.py), on a free port
+    package = project.name.replace("-", "_")
+    server = subprocess.Popen(["uvicorn", "--factory", f"{package}.lib.scoring:app", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     image = raw_image(project, tmp_path)  # (1, 3, 32, 32) float32 in [0, 1]
+    expected = r"application/json \{\"inputs\": \[...\]\} holding float32 \(B, 3, 32, 32\) pixels in \[0, 1\]"
     # JSON has no dtypes (the server reads numbers as the signature's float32), so float64 is a Python-side
     # case, tested in the baked project's tests/test_serving.py.
-    bad = {"NaN": (np.where(image > 0.5, np.nan, image), "NaN or infinite"),
-           "0-255 pixels": (image * 255, r"expected \[0, 1\]"),
-           "wrong H, W": (image[:, :, :16], r"[Ss]hape of input \(1, 3, 16, 32\)"),
-           "wrong channels": (image[:, :1], r"[Ss]hape of input \(1, 1, 32, 32\)"),
-           "3-D": (image[0], r"[Ss]hape of input \(3, 32, 32\)")}
+    bad = {"NaN": ({"inputs": np.where(image > 0.5, np.nan, image).tolist()}, 400, "NaN or infinite"),
+           "0-255 pixels": ({"inputs": (image * 255).tolist()}, 400, r"expected \[0, 1\]"),
+           "wrong H, W": ({"inputs": image[:, :, :16].tolist()}, 400, r"[Ss]hape of input \(1, 3, 16, 32\)"),
+           "wrong channels": ({"inputs": image[:, :1].tolist()}, 400, r"[Ss]hape of input \(1, 1, 32, 32\)"),
+           "3-D": ({"inputs": image[0].tolist()}, 400, r"[Ss]hape of input \(3, 32, 32\)"),
+           # refused before MLflow parses them (lib/scoring.py), each naming the input expected
+           "booleans": ({"inputs": (image > 0.5).tolist()}, 400, r"inputs hold true/false \(booleans\), not numbers"),
+           "empty": ({"inputs": []}, 400, "empty input: the request holds no image; send at least one"),
+           "CSV": (b"a,b\n1,2\n", 415, "Content-Type text/csv: this model takes " + expected)}
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         first = post(port, {"inputs": image.tolist()})
-        refused = {name: post(port, {"inputs": x.tolist()}) for name, (x, _) in bad.items()}
+        refused = {name: post(port, x, "text/csv" if name == "CSV" else "application/json")
+                   for name, (x, _, _) in bad.items()}
+        too_big = post_declared(port, 127 * 2**20)  # MODEL_MAX_BYTES' default: 64 images of 3x32x32, ~5 MB
+        ping = time.monotonic()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).close()
+        ping = time.monotonic() - ping
         after = post(port, {"inputs": image.tolist()})  # still serving, and the same answer
     finally:
         server.terminate()
         server.wait(30)
     for name, (status, body) in refused.items():
-        assert status == 400, (name, status, body)
-        assert re.search(bad[name][1], json.loads(body)["message"]), (name, body)
+        assert status == bad[name][1], (name, status, body)
+        assert re.search(bad[name][2], json.loads(body)["message"]), (name, body)
         # Only the message: no stack trace, no file of the server's.
-        assert "Traceback" not in body and 'File "' not in body and str(project) not in body, (name, body)
-        assert sys.prefix not in body and "site-packages" not in body, (name, body)
+        assert "stack_trace" not in body and "Traceback" not in body and 'File "' not in body, (name, body)
+        assert str(project) not in body and sys.prefix not in body and "site-packages" not in body, (name, body)
+    assert re.search(expected, json.loads(refused["booleans"][1])["message"])
+    status, body, seconds = too_big
+    assert status == 413 and "request body of 133169152 bytes over the server's limit of" in body, too_big
+    assert "(MODEL_MAX_BYTES)" in body and seconds < 5 and ping < 5  # refused unread; /ping answers at once
     assert first[0] == after[0] == 200 and first[1] == after[1]
     logits = np.asarray(json.loads(after[1])["predictions"], dtype=np.float32)
     assert logits.shape == ((1, 1, 32, 32) if task == "segmentation" else (1, 3)) and np.isfinite(logits).all()

@@ -276,3 +276,20 @@ def test_pipeline_against_a_team_server_postgresql_s3_and_logins(server, tmp_pat
         texts[f"run {run_id} params and tags"] = json.dumps([data.params, data.tags])
     places = {**{k: v.encode() for k, v in texts.items()}, **_files(project), **_bucket(server.s3, "mlflow")}
     assert _secrets_found(places) == []
+
+
+def test_make_server_says_in_one_line_what_stops_the_logins(tmp_path):
+    """`make server AUTH=1` as a user first runs it: MLflow's own refusals (here: no admin password on a users' store
+    without the admin), said in one line with the fix instead of MLflow's page of traceback."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    project = bake(tmp_path, task="classification", init_git=False)
+    (tmp_path / "auth.ini").write_text(AUTH_INI.format(f"sqlite:///{tmp_path}/auth.db"))
+    env = project_env(project, MLFLOW_PORT=str(free_port()), MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path}/mlflow.db",
+                      MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY=SECRETS[5])
+    result = subprocess.run(["make", "server", "RUN=", "AUTH=1"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=300)
+    said = [line for line in (result.stdout + result.stderr).splitlines() if not line.startswith("make: ***")]
+    assert result.returncode != 0 and len(said) == 1, result.stdout + result.stderr
+    assert said[0].startswith("make server: MLflow Authentication needs a password to create the admin user 'admin'")
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in said[0] and not (tmp_path / "mlflow.db").exists()  # no server started

@@ -41,3 +41,14 @@ def test_two_deployables_agree_disagree_and_are_timed(deployable, synthetic_pngs
     assert "Where A and B disagree most" in (out / "challenge.md").read_text()
     assert (out / "challenge.html").read_text().count("data:image/png;base64") == 3
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_both_uris_and_out_are_checked_before_either_model_loads(project, tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ValueError, match="s3x://b: unsupported scheme"):  # model A would fail too: no deployable
+        challenge.main([str(paths.DEPLOY_DIR), "s3x://b", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(NotADirectoryError, match="--out .*taken: is a file"):
+        challenge.main([str(paths.DEPLOY_DIR), str(paths.DEPLOY_DIR), str(tmp_path / "in"), "--out",
+                        str(tmp_path / "taken")])
+    assert not (tmp_path / "out").exists()

@@ -103,6 +103,11 @@ def test_load_classification_folder(tmp_path):
     (lambda r: _png(r / "masks" / "im0.png", np.full((20, 20), 7, np.uint8)), r"values \[7\] out of range"),
     (lambda r: _png(r / "masks" / "extra.png", np.zeros((20, 20), np.uint8)), "mask has no image"),
     (lambda r: [p.unlink() for p in (r / "images").iterdir()], "no images found"),
+    # Paired by the name without its suffix: two files of one name would share a mask, or lose one.
+    (lambda r: _png(r / "images" / "im1.JPG", np.zeros((20, 20, 3), np.uint8)),
+     r"images/im1.JPG and .*images/im1.png: two images named im1 .*rename or remove one"),
+    (lambda r: _png(r / "masks" / "im2.tif", np.zeros((20, 20), np.uint8)),
+     r"masks/im2.png and .*masks/im2.tif: two masks named im2"),
 ])
 def test_bad_segmentation_data_names_the_file(tmp_path, break_it, message):
     _segmentation_folder(tmp_path)

@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import predict
-from {{ cookiecutter.package_name }}.lib import paths
+from {{ cookiecutter.package_name }}.lib import inference, paths
 
 
 def _inputs(folder):
@@ -87,3 +88,61 @@ def test_drift_is_reported_and_fails_the_job_only_when_asked(deployable, synthet
     assert not json.loads((tmp_path / "d" / "drift.json").read_text())["checked"]
     with pytest.raises(FileNotFoundError, match="no drift reference statistics"):
         predict.main([str(same), "--out", str(tmp_path / "e"), "--fail-on-drift"])
+
+
+def _png(path, size=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def test_two_inputs_of_one_name_are_refused_before_anything_is_written(deployable, tmp_path):
+    for name in ("x.png", "x.jpg", "a.b.png", "a.c.png"):
+        _png(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    if deployable["task"] == "segmentation":  # one mask per name
+        with pytest.raises(ValueError, match=r"in/x.jpg and .*in/x.png would both be written as .*out/masks/x.png"):
+            predict.main([str(tmp_path / "in"), "--out", str(out)])
+        assert not out.exists()
+        with pytest.raises(ValueError, match=r"a/v.png and .*b/v.png would both be written as"):  # files given
+            predict.main([str(_png(tmp_path / "a" / "v.png")), str(_png(tmp_path / "b" / "v.png")), "--out", str(out)])
+        (tmp_path / "in" / "x.jpg").unlink()
+        predict.main([str(tmp_path / "in"), "--out", str(out)])
+        assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.b.png", "a.c.png", "x.png"]  # dots kept
+    else:  # one row per file: nothing is shared
+        predict.main([str(tmp_path / "in"), "--out", str(out)])
+        assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_a_bad_out_or_model_uri_is_refused_before_any_model_loads(project, tmp_path):
+    # No deployable here: each refusal comes before the model would be looked for.
+    image = str(_png(tmp_path / "a.png"))
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"--out .*taken: is a file, not a folder; give a folder"):
+        predict.main([image, "--out", str(tmp_path / "taken")])
+    for model, message in (("models:/%%%", r"models:/%%%: not a valid model URI; valid forms: models:/<name>@<alias>, "
+                                           r"models:/<name>/<version>"),
+                           ("s3x://bucket/m", r"s3x://bucket/m: unsupported scheme s3x:; give a deployable folder")):
+        with pytest.raises(ValueError, match=message):
+            predict.main([image, "--out", str(tmp_path / "out"), "--model", model])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("uri", ["models:/m@champion", "models:/m/3", "models:/m/latest", "models:/m/Production",
+                                 "models:/m-0123456789abcdef0123456789abcdef", "models/deployable", "C:/models/x"])
+def test_every_model_uri_form_mlflow_resolves_passes(uri):
+    inference.check_model_uri(uri)
+
+
+def test_the_pixel_limit_predict_applies_is_prepare_max_image_pixels(deployable, tmp_path):
+    p = yaml.safe_load(paths.PARAMS.read_text())
+    p["prepare"]["max_image_pixels"] = 1000
+    paths.PARAMS.write_text(yaml.safe_dump(p))
+    _png(tmp_path / "in" / "small.png", 20)
+    _png(tmp_path / "in" / "big.png", 40)  # 1600 pixels
+    with pytest.raises(SystemExit, match="1 file"):
+        predict.main([str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert "big.png: over prepare.max_image_pixels=1000" in (tmp_path / "out" / "errors.csv").read_text()
+    p["prepare"]["max_image_pixels"] = 1600  # the advice given, taken
+    paths.PARAMS.write_text(yaml.safe_dump(p))
+    predict.main([str(tmp_path / "in"), "--out", str(tmp_path / "out")])

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,30 @@ def test_splits_are_disjoint_complete_and_seeded():
     assert np.array_equal(s["val"], splits.split_indices(100, 0.15, 0.15, seed=0)["val"])
 
 
-def test_too_few_images_for_a_split():
-    with pytest.raises(splits.DataError, match="too few"):
-        splits.split_indices(3, 0.15, 0.15, seed=0)
+@pytest.mark.parametrize("n, val, test, advice", [
+    # val and test round to no image: raising them helps (to what is computed), as more images do
+    (3, 0.15, 0.15, r"the val and test splits would be empty \(train 3, val 0, test 0\); add images \(at least 4 "
+                    r"in all at these fractions\), or raise val_fraction to 0.333 and test_fraction to 0.333: train 1, "
+                    r"val 1, test 1$"),
+    (20, 0.02, 0.3, r"the val split would be empty .* \(at least 26 .*\), or raise val_fraction to 0.05: train 13,"),
+    # val and test take every image: raising the fractions would make it worse, lowering them helps
+    (4, 0.49, 0.49, r"the train split would be empty \(train 0, val 2, test 2\); add images \(at least 5 .*\), or "
+                    r"lower val_fraction and test_fraction \(e.g. 0.25 each\): train 2, val 1, test 1$"),
+    (2, 0.3, 0.3, r"the train split would be empty .*; add images \(at least 3 in all at these fractions\)$"),
+])
+def test_too_few_images_for_a_split_says_what_would_work(n, val, test, advice):
+    with pytest.raises(splits.DataError, match=rf"{n} images are too few for val_fraction={val}, "
+                                               rf"test_fraction={test}: {advice}") as refused:
+        splits.split_indices(n, val, test, seed=0)
+    # Every figure given is true: the number of images is the least that splits, the fractions proposed split.
+    text = str(refused.value)
+    enough = int(re.search(r"at least (\d+)", text)[1])
+    assert min(splits.sizes(enough, val, test)) >= 1 and min(splits.sizes(enough - 1, val, test)) < 1
+    each = re.search(r"e.g. ([\d.]+) each", text)
+    proposed = (float(each[1]),) * 2 if each else tuple(
+        float(m[1]) if (m := re.search(rf"{k}_fraction to ([\d.]+)", text)) else f for k, f in (("val", val),
+                                                                                          ("test", test)))
+    assert min(splits.sizes(n, *proposed)) >= 1 or (n < 3 and proposed == (val, test))
 
 
 def test_class_folders_are_split_per_class():

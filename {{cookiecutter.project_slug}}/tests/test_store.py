@@ -1,6 +1,7 @@
 import contextlib
 import http.server
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -113,6 +114,66 @@ def test_a_failing_or_silent_server_is_named_in_seconds():
     finally:
         server.shutdown()
         silent.close()
+
+
+class _Missing(_Failing):
+    def do_GET(self):  # noqa: N802
+        self.send_error(404)
+
+
+def test_a_server_that_is_not_mlflow_is_named_with_the_address_to_check():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Missing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ConnectionError, match=r"http://u:\*\*\*@127.0.0.1:\d+/wrong answers HTTP 404 \(not found\) "
+                                                  r"at /health and at its REST API.*host, port and path prefix"):
+            store.check_reachable(f"http://u:hunter2@127.0.0.1:{server.server_address[1]}/wrong", timeout=2)
+    finally:
+        server.shutdown()
+
+
+def test_make_server_names_a_missing_package_of_the_server_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flask_wtf", None)  # None: `import flask_wtf` fails, as when not installed
+    assert store.server_problem(True) == (
+        "make server: logins (AUTH=1, MLflow's basic-auth app) need Flask-WTF, of the server extra: uv sync --frozen "
+        "--extra server (pip: pip install -e '.[server]'); docs/team.md")
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    uri = "postgresql+psycopg://u:pw@db/mlflow"
+    assert store.server_problem(False, {"MLFLOW_BACKEND_STORE_URI": uri}).startswith(
+        "make server: postgresql+psycopg://u:***@db/mlflow needs psycopg, of the server extra: uv sync")
+    assert store.server_problem(False, {}) is None
+
+
+def _make_server_check(tmp_path, **env):
+    """`make server AUTH=1`'s first line in a fresh interpreter (MLflow's auth app reads its settings as it
+    imports): (exit code, output)."""
+    (tmp_path / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///"
+                                       f"{tmp_path}/auth.db\nadmin_username = admin\n")
+    code = "import sys; from {{ cookiecutter.package_name }}.lib import store; sys.exit(store.server_problem(True))"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**base, "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+                                 "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), **env})
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.process
+def test_make_server_says_in_one_line_what_would_stop_the_logins(tmp_path):
+    secret = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "k"}
+    for env, message in (
+            ({}, "make server: A static secret key needs to be set"),
+            (secret, r"make server: MLflow Authentication needs a password to create the admin user 'admin', but "
+                     r"none is configured.*MLFLOW_AUTH_ADMIN_PASSWORD"),
+            # a password refused is said otherwise than none
+            ({**secret, "MLFLOW_AUTH_ADMIN_PASSWORD": "short"}, r"make server: The configured password for the admin "
+                                                                r"user 'admin' is invalid: Password must be")):
+        code, out = _make_server_check(tmp_path, **env)
+        assert code == 1 and re.fullmatch(message + r".*\n", out, re.S) and out.count("\n") == 1, out
+    code, out = _make_server_check(tmp_path, **secret, MLFLOW_AUTH_ADMIN_PASSWORD="hunter2-long-enough")
+    assert code == 0 and "Created admin user 'admin'" in out, out
+    # The admin exists now: a configured password that is not its own is a warning (MLflow ignores it).
+    code, out = _make_server_check(tmp_path, **secret, MLFLOW_AUTH_ADMIN_PASSWORD="another-long-password")
+    assert code == 0 and "warning: the admin password configured" in out and "not the password of 'admin'" in out
 
 
 def test_an_unreachable_database_is_named_masked(closed_port):

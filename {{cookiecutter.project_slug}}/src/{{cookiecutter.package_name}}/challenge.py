@@ -36,13 +36,13 @@ from {{ cookiecutter.package_name }}.lib import (
 )
 
 
-def decode_for(path, models):
+def decode_for(path, models, max_pixels):
     """(upright image, {model key: its input (3, S, S)}): decoded once per distinct set of decoding rules."""
     done, inputs, upright = {}, {}, None
     for key, (_, info, _) in models.items():
         rules = (info["image_size"], info.get("resize", "stretch"), str(info.get("window")))
         if rules not in done:
-            done[rules], upright = inference.decode(path, info)
+            done[rules], upright = inference.decode(path, info, max_pixels)
         inputs[key] = done[rules]
     return upright, inputs
 
@@ -67,13 +67,13 @@ def score_pair(path, upright, out_a, out_b, infos, top):
     return row
 
 
-def score_all(models, found, batch_size, top_k):
+def score_all(models, found, batch_size, top_k, max_pixels):
     """Both models over every found file. Returns (rows, TopK, errors, {key: first batch's model input})."""
     rows, errors, first = [], [], {}
     top = agreement.TopK(top_k)
     infos = [info for _, info, _ in models.values()]
-    for batch in inference.decoded_batches(found, lambda path, _: (path, *decode_for(path, models)), batch_size, errors,
-                                 "challenge"):
+    for batch in inference.decoded_batches(found, lambda path, _: (path, *decode_for(path, models, max_pixels)),
+                                           batch_size, errors, "challenge"):
         outputs = {}
         for key, (fn, model_info, _) in models.items():
             x = inference.model_input([b[2][key] for b in batch])
@@ -178,8 +178,9 @@ def challenge(found, uris, out, batch_size, p):
     if (a["task"], a["class_names"]) != (b["task"], b["class_names"]):
         raise ValueError(f"{uris[0]} ({a['task']}, classes {a['class_names']}) and {uris[1]} ({b['task']}, classes "
                          f"{b['class_names']}) predict different things; compare models of the same task and classes")
+    out.mkdir(parents=True, exist_ok=True)  # after both models loaded: a model that fails leaves nothing behind
     cfg = p["challenge"]
-    rows, top, errors, first = score_all(models, found, batch_size, cfg["top_k"])
+    rows, top, errors, first = score_all(models, found, batch_size, cfg["top_k"], p["prepare"]["max_image_pixels"])
     inference.write_table(out / "errors.csv", ["file", "error"], errors)
     if not rows:
         raise ValueError(f"none of the {len(found)} files could be read (see {out / 'errors.csv'}); nothing to compare")
@@ -213,8 +214,10 @@ def main(argv=None):
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: must be >= 1")
     p = params.load()
+    for uri in (args.model_a, args.model_b):  # both, before either loads
+        inference.check_model_uri(uri)
+    inference.check_out(args.out)
     found = inference.find_inputs(args.inputs)
-    args.out.mkdir(parents=True, exist_ok=True)
     errors = challenge(found, [args.model_a, args.model_b], args.out, args.batch_size, p)
     if errors:
         sys.exit(f"challenge: {len(errors)} file(s) could not be read; see {args.out / 'errors.csv'}")

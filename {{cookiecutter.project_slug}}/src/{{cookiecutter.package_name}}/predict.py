@@ -17,7 +17,11 @@ orientation, and DIR/overlays/<name>.png, the classes in colour over the image.
 
 Writes DIR/predictions.csv: file, label, then the probability of each class.
 {%- endif %}
-A file that cannot be read is listed in DIR/errors.csv and the others are processed.
+A file that cannot be read, or over params' prepare.max_image_pixels (the limit prepare applies; a guard against
+decompression bombs), is listed in DIR/errors.csv and the others are processed.
+{%- if cookiecutter.task == 'segmentation' %} Two inputs of one name (x.png and x.jpg,
+or a/x.png and b/x.png given as files) would be written to one mask: refused, naming both, before anything is written.
+{%- endif %}
 
 Drift: the new images are tested against the statistics of the split the model was trained on
 (data/prepared/reference.json for the local deployable, the run's config/reference.json for a registry URI;
@@ -47,18 +51,18 @@ def write_segmentation(out, name, mask, upright, info):
 
     full = decoding.unfit(mask, upright.shape[1], upright.shape[0], info.get("resize", "stretch"))
     for folder, arr in (("masks", full), ("overlays", inference.overlay(upright, full))):
-        target = out / folder / name.with_suffix(".png")
+        target = out / folder / f"{name}.png"  # name has no suffix left: a.b.png -> a.b.png, not a.png
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(target)
 
 
-def predict_all(fn, info, found, out, batch_size, stats):
+def predict_all(fn, info, found, out, batch_size, stats, max_pixels):
     """Run the model over every found file, adding each decoded image to `stats` (drift.Statistics); returns
-    (classification rows, [(file, error)])."""
+    (classification rows, [(file, error)]). An image over max_pixels is one of the errors."""
     rows, errors = [], []
 
     def decode_one(path, name):
-        x, upright = inference.decode(path, info)
+        x, upright = inference.decode(path, info, max_pixels)
         stats.add(x.permute(1, 2, 0).numpy(), (upright.shape[1], upright.shape[0]))  # fitted (S, S, 3), (W, H)
         return x, path, name, upright
 
@@ -102,14 +106,17 @@ def main(argv=None):
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: must be >= 1")
     p = params.load()
+    inference.check_out(args.out)
     found = inference.find_inputs(args.inputs)
     fn, info, reference = inference.load_model(args.model, p["mlflow"])
+    if info["task"] == "segmentation":  # one mask per name: x.png and x.jpg would overwrite each other
+        inference.check_unique_names(found, args.out / "masks", ".png")
     if reference is None and args.fail_on_drift:
         raise FileNotFoundError(f"--fail-on-drift: {args.model} has no drift reference statistics ("
                                 f"{paths.REFERENCE}, or config/{paths.REFERENCE.name} in its run); rerun dvc repro")
     args.out.mkdir(parents=True, exist_ok=True)
     stats = drift.Statistics(drift.sample_mask(len(found), seed=0))  # features of at most drift.SAMPLE images
-    rows, errors = predict_all(fn, info, found, args.out, args.batch_size, stats)
+    rows, errors = predict_all(fn, info, found, args.out, args.batch_size, stats, p["prepare"]["max_image_pixels"])
     if info["task"] == "classification":
         inference.write_table(args.out / "predictions.csv", ["file", "label", *info["class_names"]], rows)
     inference.write_table(args.out / "errors.csv", ["file", "error"], errors)

@@ -29,7 +29,7 @@ def folder(p, pool):
     """The same as `synthetic`, for data/raw: rows are decoded by the pool as they are written."""
     items, names, num_classes = ingest.folder_items(p["task"], p["raw_dir"], p["num_classes"])
     if num_classes == "auto":  # segmentation: from the masks' values
-        num_classes = ingest.mask_classes([mask for _, mask in items], pool)
+        num_classes = ingest.mask_classes([mask for _, mask in items], pool, p["max_image_pixels"])
         print(f"prepare: num_classes auto -> {num_classes} (from the mask values)")
     if names is None:
         names = ["background", "foreground"] if num_classes == 2 else [f"class_{i}" for i in range(num_classes)]

@@ -6,6 +6,7 @@ registry model with the decoding rules it was trained with, decoding and batchin
 """
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,45 @@ def find_inputs(inputs):
     return found
 
 
+def check_out(out):
+    """--out: a folder (made if missing) that can be written, checked before any model loads."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: is a file, not a folder; give a folder (made if missing), or move "
+                                 "the file aside")
+    files.check_writable(out, directory=True)
+
+
+def check_unique_names(found, folder, suffix):
+    """Refuse two inputs that would be written under one name in `folder` (x.png and x.jpg both -> x.png): the
+    second would silently replace the first. One file given twice (a folder and a file in it) writes the same."""
+    first = {}
+    for path, name in found:
+        if name in first and first[name].resolve() != path.resolve():
+            raise ValueError(f"{first[name]} and {path} would both be written as {folder / name}{suffix} (outputs "
+                             "are named by the file name without its suffix); rename one, or predict them in "
+                             "separate runs with different --out folders")
+        first[name] = path
+
+
+# The model URIs load_model takes besides a folder path (MLflow's models:/ forms; a logged model's id is m-<hex>).
+MODEL_URI_FORMS = ("models:/<name>@<alias>", "models:/<name>/<version>", "models:/<name>/latest", "models:/m-<id>")
+VALID_MODEL_URI = re.compile(r"models:/(?:[^/:]+@[\w-]+|[^/:@]+/(?:\d+|latest|[A-Za-z]+)|m-[0-9a-f]{32})")
+
+
+def check_model_uri(uri):
+    """A deployable folder path or a models:/ URI of a form MLflow resolves; any other URI refused by its scheme."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", uri)  # two letters at least: a Windows drive (C:/) is a path
+    if scheme and scheme[1] != "models":
+        raise ValueError(f"{uri}: unsupported scheme {scheme[1]}:; give a deployable folder (a path) or a registry "
+                         f"URI: {', '.join(MODEL_URI_FORMS)}")
+    if scheme and not VALID_MODEL_URI.fullmatch(uri):
+        raise ValueError(f"{uri}: not a valid model URI; valid forms: {', '.join(MODEL_URI_FORMS)}")
+
+
 def load_model(uri, mlflow_cfg):
     """(fn: float32 numpy (B, 3, H, W) -> numpy logits, the dataset description it was trained on, the drift
     reference statistics of its training split or None when the model has none)."""
+    check_model_uri(uri)
     if not uri.startswith("models:/"):
         folder = Path(uri)
         spec_path = folder / paths.DEPLOY_INFO.name
@@ -53,7 +90,10 @@ def load_model(uri, mlflow_cfg):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(store.tracking_uri(mlflow_cfg["tracking_uri"], store.repo_root()))
+    tracking = store.tracking_uri(mlflow_cfg["tracking_uri"], store.repo_root())
+    store.bound_requests(mlflow_cfg["timeout_s"])
+    store.check_reachable(tracking, mlflow_cfg["timeout_s"])  # down, failing, or not MLflow at that address
+    mlflow.set_tracking_uri(tracking)
     model = mlflow.pyfunc.load_model(uri)
     run_id = model.metadata.run_id
     info_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"config/{paths.DATASET.name}")
@@ -65,9 +105,10 @@ def load_model(uri, mlflow_cfg):
     return model.predict, files.read_json(info_path), reference
 
 
-def decode(path, info):
-    """(uint8 (3, S, S) model input, upright uint8 (H, W, 3) image) by prepare's rules."""
-    upright, _ = decoding.read(path, "image", info.get("window"))
+def decode(path, info, max_pixels=None):
+    """(uint8 (3, S, S) model input, upright uint8 (H, W, 3) image) by prepare's rules; an image over
+    max_pixels (prepare.max_image_pixels, the project's one limit) is refused by decoding.read."""
+    upright, _ = decoding.read(path, "image", info.get("window"), max_pixels)
     fitted = decoding.fit(upright, info["image_size"], info.get("resize", "stretch"))
     return torch.from_numpy(fitted).permute(2, 0, 1), upright
 

@@ -11,6 +11,7 @@ classification, written row by row: memory holds one image, whatever the number 
 """
 
 import contextlib
+import functools
 import hashlib
 import math
 import multiprocessing
@@ -123,7 +124,8 @@ def folder_items(task, raw_dir, num_classes):
         if not files:
             raise DataError(f"{img_dir}: no images found; put images in {img_dir}/ and masks with the same "
                             f"names in {mask_dir}/, or set prepare.source: synthetic")
-        masks = {p.stem: p for p in decoding.image_files(mask_dir)} if mask_dir.is_dir() else {}
+        _by_stem(files, "images")
+        masks = _by_stem(decoding.image_files(mask_dir) if mask_dir.is_dir() else [], "masks")
         orphans = sorted(set(masks) - {p.stem for p in files})
         if orphans:
             raise DataError(f"{masks[orphans[0]]}: mask has no image in {img_dir}/ "
@@ -151,15 +153,28 @@ def folder_items(task, raw_dir, num_classes):
     return items, [d.name for d in class_dirs], num_classes
 
 
-def _mask_values(path):
-    return np.unique(decoding.read(path, "mask")[0])
+def _by_stem(paths, kind):
+    """{stem: path}; two files of one stem (img5.png and img5.JPG) are refused before any is decoded: images and
+    masks pair by stem, so two images would silently share one mask, and of two masks one would be dropped."""
+    by_stem = {}
+    for p in paths:
+        if p.stem in by_stem:
+            raise DataError(f"{by_stem[p.stem]} and {p}: two {kind} named {p.stem} (images and masks pair by the "
+                            "name without its suffix, so they cannot be told apart); rename or remove one")
+        by_stem[p.stem] = p
+    return by_stem
 
 
-def mask_classes(mask_paths, pool=None):
+def _mask_values(path, max_pixels=None):
+    return np.unique(decoding.read(path, "mask", max_pixels=max_pixels)[0])
+
+
+def mask_classes(mask_paths, pool=None, max_pixels=None):
     """prepare.num_classes: auto for segmentation: 2 when the masks hold only 0, 1 and 255 (binary, 255 =
     foreground), else the largest value + 1 (255 cannot then be a class: its value is refused)."""
     values = set()
-    for v in (pool.imap(_mask_values, mask_paths, chunksize=16) if pool else map(_mask_values, mask_paths)):
+    read = functools.partial(_mask_values, max_pixels=max_pixels)  # picklable, for the pool's workers
+    for v in (pool.imap(read, mask_paths, chunksize=16) if pool else map(read, mask_paths)):
         values.update(v.tolist())
     if values <= {0, 1, 255}:
         return 2

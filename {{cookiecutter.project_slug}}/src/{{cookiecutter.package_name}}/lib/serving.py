@@ -5,7 +5,8 @@
 Whichever variant optimize chose, the model answers the same way: float32 (B, 3, H, W) pixels in [0, 1] at
 the trained size go in; float32 logits come out, (B, C_out, H, W) for segmentation (C_out = 1 for binary) and
 (B, C) for classification. Any other input is refused by `models.validate_input`, the one definition of the
-contract, with a message naming the rule; `mlflow models serve` answers it with HTTP 400.
+contract, with a message naming the rule; the model server (scoring.py, MLflow's scoring app) answers it with
+HTTP 400.
 
 The model is logged from code (MLflow's models-from-code): the MLmodel points at a three-line file that
 imports `Deployable` from this package, and the package's modules it needs travel with the model
@@ -29,9 +30,8 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from {{ cookiecutter.package_name }}.lib import models, runtime
 
 RUNTIMES = runtime.RUNTIMES
-# Images one request may hold: `mlflow models serve` (uvicorn) reads a request body whole, with no size limit of
-# its own, so a larger batch is refused here, before inference; bytes are capped in front of it (a reverse
-# proxy's client_max_body_size, see docs/predict.md). Set in the server's environment.
+# Images one request may hold: a larger batch is refused here, before inference; its bytes are capped before
+# parsing, by scoring.py (MODEL_MAX_BYTES, by default room for this many images). Set in the server's environment.
 MAX_BATCH_ENV = "MODEL_MAX_BATCH"
 MAX_BATCH_DEFAULT = 64
 # The file MLflow executes when the model loads; set_model hands it the model object. Kept out of this module,

@@ -12,8 +12,10 @@ import os
 import re
 import socket
 import sqlite3
+import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,18 +57,31 @@ FIXES = ("fix mlflow.tracking_uri / MLFLOW_TRACKING_URI, use the embedded store 
 
 
 def check_reachable(uri, timeout=5.0):
-    """Fail in seconds, not after MLflow's minutes of HTTP retries, when a tracking server is down or failing
-    (5xx); a 4xx answer (auth, a proxy page) means it is there, and MLflow reports the refusal itself."""
+    """Fail in seconds, not after MLflow's minutes of HTTP retries, when a tracking server is down, failing (5xx)
+    or not there at all (404 at its /health and its REST API: a wrong address or path prefix); another 4xx answer
+    (auth) means it is there, and MLflow reports the refusal itself."""
     if not uri.startswith(("http://", "https://")):
         return
     u = urlsplit(uri)  # without user:password@ (urllib can't take it; MLflow's requests sends it as basic auth)
+    base = f"{u.scheme}://{u.netloc.rpartition('@')[2]}{u.path.rstrip('/')}"
+    code = _status(f"{base}/health", uri, timeout)
+    if code == 404 and _status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", uri, timeout) == 404:
+        raise ConnectionError(f"MLflow tracking server {mask(uri)} answers HTTP 404 (not found) at /health and at "
+                              "its REST API (/api/2.0/mlflow/...): no MLflow server at this address; check the "
+                              "server's host, port and path prefix (behind a proxy it may live under a sub-path, "
+                              f"http://host/<prefix>), or {FIXES}")
+
+
+def _status(url, uri, timeout):
+    """The HTTP status of a GET (200 when it succeeds); ConnectionError when down or failing (5xx)."""
     try:
-        urllib.request.urlopen(f"{u.scheme}://{u.netloc.rpartition('@')[2]}{u.path.rstrip('/')}/health",
-                               timeout=timeout).close()
+        urllib.request.urlopen(url, timeout=timeout).close()
+        return 200
     except urllib.error.HTTPError as e:
         if e.code >= 500:
             raise ConnectionError(f"MLflow tracking server {mask(uri)} answers HTTP {e.code} ({e.reason}): it is "
                                   f"up but failing; check its log, or {FIXES}") from None
+        return e.code
     except (urllib.error.URLError, OSError) as e:
         raise ConnectionError(
             f"MLflow tracking server {mask(uri)} is unreachable ({getattr(e, 'reason', e)}). Start it (mlflow server "
@@ -217,3 +232,50 @@ def set_experiment(cfg, root):
             return exp.experiment_id
         location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
         return mlflow.create_experiment(cfg["experiment"], artifact_location=location)
+
+
+
+
+def _importable(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def server_problem(auth, env=os.environ):
+    """What would stop `make server` (`mlflow server`; AUTH=1: `--app-name basic-auth`) at its start with a
+    traceback, as one line with the fix, or None: a package of the server extra missing, or the logins' settings,
+    checked by MLflow's own bootstrap (the secret key; on a users' store without the admin, its password: missing,
+    or refused by MLflow's rules, each said differently). It creates the admin as `mlflow server` would first do;
+    a password that is not the existing admin's is a warning (MLflow sets it only when it creates the admin)."""
+    install = "uv sync --frozen --extra server (pip: pip install -e '.[server]'); docs/team.md"
+    if auth and not _importable("flask_wtf"):
+        return f"make server: logins (AUTH=1, MLflow's basic-auth app) need Flask-WTF, of the server extra: {install}"
+    uris = [env.get("MLFLOW_BACKEND_STORE_URI", "")]
+    if auth:
+        with warnings.catch_warnings():  # the server's modules warn of their own deprecations as they import
+            warnings.simplefilter("ignore")
+            from mlflow.server import auth as basic_auth  # reads MLFLOW_AUTH_CONFIG_PATH as it imports
+        uris.append(basic_auth.auth_config.database_uri)
+    for uri in uris:
+        if uri.startswith("postgresql+psycopg") and not _importable("psycopg"):
+            return f"make server: {mask(uri)} needs psycopg, of the server extra: {install}"
+    if not auth:
+        return None
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    user, password = basic_auth.auth_config.admin_username, basic_auth.auth_config.admin_password
+    try:
+        basic_auth.get_flask_server_secret_key()
+        basic_auth.bootstrap_admin_user()
+        if password and not basic_auth.store.authenticate_user(user, password, use_primary=True):
+            print(f"make server: warning: the admin password configured (MLFLOW_AUTH_ADMIN_PASSWORD or the settings "
+                  f"file's admin_password) is not the password of '{user}', who exists already: MLflow uses it only "
+                  "to create the admin; log in with the admin's own password, or change it with "
+                  "update_user_password (docs/team.md)", file=sys.stderr)
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as e:  # MLflow's refusals; a users' store unreachable
+        return f"make server: {mask(' '.join(str(e).split()))[:600]} (docs/team.md)"
+    return None
