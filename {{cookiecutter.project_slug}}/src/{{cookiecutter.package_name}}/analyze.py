@@ -125,7 +125,8 @@ def main():
             tmp.write_text(buf.getvalue())
         st.publish(run, metrics, (paths.ANALYZE_REPORT, paths.ANALYZE_HTML, paths.ANALYZE_LAYERS, paths.EXPLANATIONS),
                    {"family": summary["family"], "analyze.cpu": summary["protocol"]["cpu"],
-                    "analyze.threads": str(summary["protocol"]["threads"])})
+                    "analyze.threads": str(summary["protocol"]["threads"])},
+                   headline=("params/total", "macs/total", "latency/batch_1/p50_ms"))
     b1 = summary["latency"]["batch_1"]
     print(f"analyze: {summary['family']} {metrics['params/total']:,} params, {summary['macs'] / 1e9:.3f} GMACs, "
           f"batch-1 p50 {b1['p50_ms']:.2f} ms (p90 {b1['p90_ms']:.2f}) on {summary['protocol']['threads']} "

@@ -215,7 +215,8 @@ def main():
         with files.atomic_path(paths.PARETO) as t:
             plots.pareto(table, metric, t)
         st.publish(run, metrics, (paths.OPTIMIZE_REPORT, paths.OPTIMIZE_TABLE, paths.PARETO, paths.DEPLOY_INFO),
-                   {"deployable_variant": chosen})
+                   {"deployable_variant": chosen}, headline=(f"deployable/{metric}", "deployable/p50_ms_batch_1",
+                                                             "deployable/speedup_batch_1", "deployable/size_change"))
     print(markdown)
     print(f"optimize: deployable = {chosen} -> {paths.DEPLOY_DIR}/, {st.metrics_file}")
 

@@ -7,10 +7,10 @@ job summary.
     make pr-report BASE=origin/main
 
 Reads what git and DVC hold at the two revisions; nothing is rerun or re-measured: the params that differ
-(`dvc params diff`), the metrics that differ, old -> new (`dvc metrics diff`), the register gates' verdicts on
-each side (metrics/register.json), the image plots that differ (copied beside the report, or linked at
---image-url <prefix>/<commit>/<path>, e.g. https://github.com/<owner>/<repo>/raw for a public repository) and
-each side's MLflow run (metrics/mlflow.json), linked when the tracking store is a server. Writes
+(`dvc params diff`), every figure that differs, old -> new (`dvc metrics diff` of each metrics/<stage>.json),
+the register gates' verdicts on each side (metrics/register.json), the image plots that differ (copied beside the
+report, or linked at --image-url <prefix>/<commit>/<path>, e.g. https://github.com/<owner>/<repo>/raw for a public
+repository) and each side's MLflow run (metrics/mlflow.json), linked when the tracking store is a server. Writes
 reports/pr/report.md (+ reports/pr/plots/) and prints the Markdown. The generated CI runs it on pull requests
 and appends it to the job summary.
 """
@@ -30,6 +30,10 @@ from {{ cookiecutter.package_name }}.lib import files, paths, report, stage, sto
 WORKSPACE = "workspace"  # DVC's name for the files as they are now, committed or not
 IMAGES = (paths.CURVES, paths.PREDICTIONS, paths.PARETO, paths.ROBUSTNESS_CURVE_PNG)
 GATES = paths.metrics("register")
+# Every figure of every stage, not only the headline files dvc.yaml declares as metrics: a review wants each
+# figure that moved. `dvc metrics diff` reads any JSON file it is given as a target.
+FIGURES = [str(paths.metrics(s)) for s in ("prepare", "train", "analyze", "optimize", "robustness", "register")] + [
+    str(paths.RUN_FILE)]
 
 
 def sides(diff):
@@ -146,7 +150,7 @@ def resolve(repo, rev, option):
 def diff_revisions(repo, base, head):
     """(params, metrics) as {(file, key): (base value, head value)}, every key of both sides."""
     params = repo.params.diff(a_rev=base, b_rev=head, all=True)
-    metrics = repo.metrics.diff(a_rev=base, b_rev=head, all=True)
+    metrics = repo.metrics.diff(a_rev=base, b_rev=head, all=True, targets=FIGURES)
     for what, result in (("params", params), ("metrics", metrics)):
         for rev, errors in result.get("errors", {}).items():
             # A file the pipeline has not written (yet) on one side shows as '—'; anything else is an error.

@@ -87,6 +87,10 @@ def resized_note(originals, size, resize):
             f"prepare.image_size to train at another size")
 
 
+# What DVC's tables show of prepare's figures (stage.Stage.publish).
+HEADLINE = ("train/images", "val/images", "test/images")
+
+
 def main():
     st = stage.begin("prepare")
     p, pp = st.params, st.section
@@ -97,7 +101,7 @@ def main():
         files.write_json(tmp / paths.REFERENCE.name, reference)
     if note := resized_note(originals, pp["image_size"], pp["resize"]):
         print(note)
-    st.publish(None, summary(info, train_counts))  # no run yet: train logs these into its own
+    st.publish(None, summary(info, train_counts), headline=HEADLINE)  # no run yet: train logs these into its own
     print(f"prepare: {info['sizes']} {info['source']} {info['task']} images of {info['image_size']}px, "
           f"{info['num_classes']} classes, {workers} worker(s) -> {paths.PREPARED}/, {st.metrics_file}")
 

@@ -142,6 +142,10 @@ def registry_outcome(run, rg, deploy, metric, passed, gates, recorded_sha):
         lambda: serving.log_model(paths.DEPLOY_DIR, example), rg["promote"], deploy[metric])}
 
 
+# What DVC's tables show of register's figures (stage.Stage.publish).
+HEADLINE = ("passed", "registered", "version", "champion_version")
+
+
 def decision_metrics(passed, gates, outcome):
     metrics = {"passed": int(passed), "registered": int(outcome["registered"])}
     for g in gates:
@@ -164,11 +168,12 @@ def write_report(p, run, deploy, gates, outcome, robustness_r):
     tags = {**(run_data.tags if run_data else tracking.context_tags()),
             "model": f"{args['architecture']}{'/' + args['encoder'] if args['encoder'] else ''}, deployable "
                      f"{deploy['variant']}"}
-    pairs = card.summary(files.read_json(paths.DATASET), tags, gates, outcome, robustness_r,
-                        files.read_json(paths.metrics("optimize")), analyze_m, energy, environment.summary())
+    train_m = files.read_json(paths.metrics("train"))
+    pairs = card.summary(files.read_json(paths.DATASET), tags, gates, outcome, robustness_r, train_m,
+                         files.read_json(paths.metrics("optimize")), analyze_m, energy, environment.summary())
     changes = card.params_changes(p, card.generated_params())
     explained = files.read_json(paths.ANALYZE_REPORT)["summary"]["explain"]
-    page = card.page(title, pairs, changes, energy, gates, outcome, files.read_json(paths.metrics("train")),
+    page = card.page(title, pairs, changes, energy, gates, outcome, train_m,
                          analyze_m, explained, files.read_json(paths.OPTIMIZE_REPORT), robustness_r)
     with files.atomic_path(paths.MODEL_REPORT) as t:
         t.write_text(page)
@@ -194,7 +199,8 @@ def main():
         metrics = decision_metrics(passed, gates, outcome)
         card_md, card_full = write_report(p, run, deploy, gates, outcome, robustness_r)
         st.publish(run, metrics, [(paths.MODEL_REPORT, "report")],
-                   {"registry_decision": "registered" if outcome["registered"] else "rejected"})
+                   {"registry_decision": "registered" if outcome["registered"] else "rejected"},
+                   headline=[k for k in HEADLINE if k in metrics])  # version: only when registered
         if run:
             mlflow.log_text(card_full, "report/model_card.md")
             if outcome["registered"]:

@@ -192,7 +192,8 @@ def main():
         with files.atomic_path(paths.ROBUSTNESS_CURVE_PNG) as t:
             plots.attack_curve(curve, metric, t)
         st.publish(run, metrics, (paths.ROBUSTNESS_REPORT, paths.ROBUSTNESS_HTML, paths.ROBUSTNESS_CURVE_PNG),
-                   {"robustness_level": metrics["level"], "artifact_sha256": hashes[str(paths.CHECKPOINT)]})
+                   {"robustness_level": metrics["level"], "artifact_sha256": hashes[str(paths.CHECKPOINT)]},
+                   headline=("score", "security/fail"))
     print(f"robustness: score {score:.3f} ({metrics['level']}) at eps {rp['declared_epsilon']}/255; deployable "
           f"{deploy['variant']} {deploy_score:.3f}; security {summary_counts} -> {st.metrics_file}, "
           f"{paths.ROBUSTNESS_HTML}")

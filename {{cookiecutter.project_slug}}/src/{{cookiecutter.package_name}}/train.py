@@ -232,7 +232,8 @@ def main():
                 model, loaders[name], loss_fn, t=t, device=device, amp=amp).items()})
         stage.stop_point()
         write_outputs(model, model_args, info, history, dataset.head(sets["test"], 6))
-        st.publish(run, metrics, ARTIFACTS)
+        st.publish(run, metrics, ARTIFACTS, headline=(f"best_val/{t.metric}", f"test/{t.metric}", "epochs_run",
+                                                      "train_time_s"))
         stage.stop_point()
         example = dataset.to_float(dataset.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
         files.write_json(paths.RUN_FILE, log_model(run, model, example) if run else {"enabled": False})

@@ -3,8 +3,8 @@
 dvc.yaml declares the same paths as deps and outs and stays the truth for DVC; a template test checks that
 each path here is declared there, and that no stage module spells a path of its own.
 
-    >>> str(metrics("train")), str(split("test"))
-    ('metrics/train.json', 'data/prepared/test')
+    >>> str(metrics("train")), str(headline("train")), str(split("test"))
+    ('metrics/train.json', 'metrics/headline/train.json', 'data/prepared/test')
 """
 
 from pathlib import Path
@@ -56,5 +56,11 @@ def split(name):
 
 
 def metrics(stage):
-    """metrics/<stage>.json: the stage's metrics dict, the same one it logs to MLflow."""
+    """metrics/<stage>.json: every figure the stage measured, the dict it logs to MLflow (and later stages read)."""
     return Path(f"metrics/{stage}.json")
+
+
+def headline(stage):
+    """metrics/headline/<stage>.json: the few figures DVC's tables show (`dvc exp show`, `dvc metrics show /
+    diff`), named as in MLflow."""
+    return Path(f"metrics/headline/{stage}.json")

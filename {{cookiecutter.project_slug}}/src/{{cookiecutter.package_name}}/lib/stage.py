@@ -51,19 +51,24 @@ class Stage:
     def metrics_file(self):
         return paths.metrics(self.name)
 
-    def publish(self, run, metrics, artifacts=(), tags=None):
-        """The stage's results, by one rule: every value to metrics/<name>.json (what `dvc metrics show` and `dvc
-        exp show` read); into the MLflow run, when there is one, the numbers as <name>/<key> (train's unprefixed:
-        the run is train's), `tags` as tags, and each artifact into the folder <name>/, or the folder of a
-        (path, folder) pair."""
+    def mlflow_name(self, key):
+        """The key's name in MLflow: <name>/<key> (train's unprefixed: the run is train's)."""
+        return key if self.name == "train" else f"{self.name}/{key}"
+
+    def publish(self, run, metrics, artifacts=(), tags=None, headline=()):
+        """The stage's results, by one rule: every value to metrics/<name>.json (what later stages and tests
+        read); the `headline` keys, named as in MLflow, to metrics/headline/<name>.json, the file dvc.yaml
+        declares as metrics, so `dvc exp show` and `dvc metrics show` stay a readable table of the figures
+        experiments are compared by; into the MLflow run, when there is one, every number under its MLflow name,
+        `tags` as tags, and each artifact into the folder <name>/, or the folder of a (path, folder) pair."""
         files.write_json(self.metrics_file, metrics)
+        files.write_json(paths.headline(self.name), {self.mlflow_name(k): metrics[k] for k in headline})
         if run is None:
             return
         import mlflow
 
-        prefix = "" if self.name == "train" else f"{self.name}/"
         # Numbers only: None (a figure not measured) stays out, strings (robustness' level) are tags.
-        mlflow.log_metrics({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics({self.mlflow_name(k): v for k, v in metrics.items() if isinstance(v, (int, float))})
         if tags:
             mlflow.set_tags(tags)
         for artifact in artifacts:
