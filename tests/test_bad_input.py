@@ -245,6 +245,8 @@ CASES = [
     ("device-unknown", _set("train.device", "tpu"), None, TRAIN, {}, "train.device='tpu': no such device here; valid"),
     ("device-absent", _set("train.device", "cuda:7"), None, TRAIN, {}, "train.device='cuda:7'"),
     ("batch-of-one", _set("train.batch_size", 1), None, TRAIN, {}, "batches of one, which BatchNorm"),
+    ("threads-zero", _set("train.threads", 0), None, TRAIN, {}, "train.threads=0: must be an integer >= 1, or null"),
+    ("threads-word", _set("train.threads", "two"), None, PREPARE, {}, "train.threads='two': must be an integer"),
     ("decompression-bomb", *_folder("none", _set("prepare.max_image_pixels", 500)), PREPARE, {},
      "png: over prepare.max_image_pixels=500"),  # whichever image a decoding worker reads first
     ("max-image-pixels-zero", _set("prepare.max_image_pixels", 0), None, PREPARE, {}, "prepare.max_image_pixels=0"),

@@ -105,9 +105,26 @@ def test_train_tracks_a_finished_run(project, task, runs, monkeypatch):
     assert run.data.params["lr"] == str(params.load()["lr"]) and run.data.params["train.epochs"] == "2"
     assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
     assert run.data.tags["task"] == task and "git_commit" in run.data.tags
+    assert run.data.tags["threads"] == str(torch.get_num_threads())  # train.threads: null keeps torch's default
     assert "system/cpu_utilization_percentage" in run.data.metrics  # mlflow.system_metrics
     model, _ = models.load_checkpoint(project / "models/model.safetensors")
     assert model(torch.rand(2, 3, 32, 32)).shape[0] == 2
+
+
+def test_train_threads_sets_torch_s_thread_count_and_records_it(project, runs, capsys):
+    p = params.load()
+    p["train"]["threads"] = 1
+    files.write_json("params.yaml", p)  # JSON is YAML
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # not 1 already, whatever this machine's cores
+        train.main()
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    (run,) = runs(project)
+    assert used == 1 and run.data.tags["threads"] == "1"
+    assert "epochs take ~" in (out := capsys.readouterr().out) and "on 1 CPU thread(s) (train.threads" in out
 
 
 @pytest.mark.parametrize("exc,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])

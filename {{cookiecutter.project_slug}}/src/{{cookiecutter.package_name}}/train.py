@@ -125,7 +125,8 @@ def start_run(p, info, model_args, world, device):
     tags = {"task": info["task"], "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
             "pretrained": str(cfg["model"]["pretrained"]).lower(), "loss": cfg["loss"],
             "augmentation": "on" if any(cfg["augment"].values()) else "off", "data_source": info["source"],
-            "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
+            "data_sha256": info["sha256"], "world_size": str(world), "device": str(device),
+            "threads": str(torch.get_num_threads()), **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                         cfg["model"]["pretrained"]), tags)
     print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {store.mask(mlflow.get_tracking_uri())}")
@@ -178,14 +179,15 @@ def log_model(run, model, example):
             "model_uri": logged.model_uri}
 
 
-def epoch_logger(run, rank, metric, epochs):
+def epoch_logger(run, rank, metric, epochs, threads):
     def on_epoch(r):  # r: one record of the history
         if rank == 0:
             print(f"epoch {r['epoch']:3d}  train/loss {r['train/loss']:.4f}  val/loss {r['val/loss']:.4f}  "
                   f"val/{metric} {r[f'val/{metric}']:.4f}  lr {r['lr']:.2e}  {r['epoch_time_s']:.1f}s", flush=True)
         if rank == 0 and r["epoch"] == 1 and epochs > 1:  # your data, your machine: the time to expect
-            print(f"train: at this pace, {epochs} epochs take ~{epochs * r['epoch_time_s'] / 60:.1f} min "
-                  "(early stopping may end sooner)", flush=True)
+            # The thread count beside it: on a busy CPU torch's default (one per core) can be slower than a few.
+            print(f"train: at this pace, {epochs} epochs take ~{epochs * r['epoch_time_s'] / 60:.1f} min on "
+                  f"{threads} CPU thread(s) (train.threads; early stopping may end sooner)", flush=True)
         if run:
             mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"])
     return on_epoch
@@ -195,6 +197,8 @@ def main():
     st = stage.begin("train")
     p, cfg = st.params, st.section
     runtime.seed_everything(p["seed"])
+    if cfg["threads"]:  # first: the model is built, and every later op runs, on this many
+        torch.set_num_threads(cfg["threads"])
     rank, world, local_rank = runtime.init_distributed(cfg["batch_size"])
     info = files.read_json(paths.DATASET)
     t = task.Task.of(info)
@@ -219,7 +223,7 @@ def main():
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
             optim.make_scheduler(optimizer, cfg["scheduler"], cfg["epochs"]), epochs=cfg["epochs"],
             t=t, patience=cfg["early_stopping_patience"], device=device, grad_clip_norm=cfg["grad_clip_norm"], amp=amp,
-            on_epoch=epoch_logger(run, rank, t.metric, cfg["epochs"]))
+            on_epoch=epoch_logger(run, rank, t.metric, cfg["epochs"], torch.get_num_threads()))
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_time_s": time.perf_counter() - start,
                    "stopped_early": int(len(history) < cfg["epochs"]), "params/total": models.parameter_count(model)}
         if world > 1:
