@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from {{ cookiecutter.package_name }} import train
-from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params
+from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params, stage
 from {{ cookiecutter.package_name }}.lib import task as task_module
 
 CLASSES = task_module.Task("classification", 3)
@@ -62,6 +63,18 @@ def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
     assert len(calls) == 2  # stopped at that batch
     after = model.state_dict()
     assert all(torch.isfinite(after[k]).all() and not torch.equal(before[k], after[k]) for k in after)  # one good step
+
+
+def test_without_a_terminal_an_epoch_prints_progress_lines(monkeypatch, capsys):
+    monkeypatch.setattr(stage, "reported", functools.partial(stage.reported, every=0))  # a line after each batch
+    images, labels, _ = ingest.make_synthetic("classification", n=40, size=16, num_classes=3, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    train.train_one_epoch(model, DataLoader(dataset.Split(images, labels), batch_size=16),
+                          task_module.make_loss(CLASSES, "ce"), optim.make_optimizer(model, {"name": "sgd"}, 0.1),
+                          t=CLASSES, device=torch.device("cpu"), epoch=2, epochs=5)
+    lines = capsys.readouterr().out.splitlines()  # capsys: stderr is no terminal, so tqdm draws no bar
+    assert [line.split(" after ")[0] for line in lines] == [
+        "train: epoch 2/5, batch 1/3 (33%)", "train: epoch 2/5, batch 2/3 (66%)", "train: epoch 2/5, batch 3/3 (100%)"]
 
 
 def test_early_stopping_keeps_the_best_epoch(monkeypatch):

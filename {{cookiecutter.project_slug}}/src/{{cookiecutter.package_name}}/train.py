@@ -39,10 +39,14 @@ from {{ cookiecutter.package_name }}.lib import (
 )
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, *, t, device, grad_clip_norm=None, amp=False, epoch=1):
+def train_one_epoch(model, loader, loss_fn, optimizer, *, t, device, grad_clip_norm=None, amp=False, epoch=1,
+                    epochs=1):
     model.train()
     total, n, rows = 0.0, 0, []
-    for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
+    batches = tqdm(loader, desc="train", leave=False, disable=None)  # disable=None: no bar without a terminal
+    if batches.disable and not (dist.is_initialized() and dist.get_rank()):  # a log file gets lines, rank 0's
+        batches = stage.reported(loader, f"train: epoch {epoch}/{epochs}", len(loader))
+    for batch, (images, y) in enumerate(stage.checked(batches), 1):
         x, y = dataset.to_float(images).to(device), y.to(device)  # augmented by the loader's dataset.Split
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -86,7 +90,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, t, ep
             if hasattr(part, "set_epoch"):  # a new shuffle (DDP) and new augmentations each epoch
                 part.set_epoch(epoch)
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, t=t, device=device, grad_clip_norm=grad_clip_norm,
-                             amp=amp, epoch=epoch)
+                             amp=amp, epoch=epoch, epochs=epochs)
         # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
         va = evaluate(net, val_loader, loss_fn, t=t, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

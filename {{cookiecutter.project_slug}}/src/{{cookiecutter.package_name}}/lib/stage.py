@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -126,6 +127,29 @@ def checked(iterable):
     for item in iterable:
         stop_point()
         yield item
+
+
+# Without a terminal (a log file, a batch job) tqdm draws no bar; a plain line this often shows the work moves.
+# A constant, not a param: params sections are DVC dependencies, and how often a log is written should not
+# rerun a stage.
+PROGRESS_EVERY_S = 30
+
+
+def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic):
+    """Iterate, printing a progress_line to stdout every `every` seconds (of `clock`) as items are done: the
+    progress a log file gets where tqdm's bar is off."""
+    start = last = clock()
+    for done, item in enumerate(iterable, 1):
+        yield item
+        if (now := clock()) - last >= every:  # the item's work is done once the next one is asked for
+            last = now
+            print(progress_line(what, done, total, now - start), flush=True)
+
+
+def progress_line(what, done, total, elapsed):
+    """'train: epoch 3/12, batch 120/400 (30%) after 45 s, ~105 s to go' (the rest at the pace so far)."""
+    return (f"{what}, batch {done}/{total} ({100 * done // total}%) after {elapsed:.0f} s, "
+            f"~{elapsed * (total - done) / done:.0f} s to go")
 
 
 def handled(e):
