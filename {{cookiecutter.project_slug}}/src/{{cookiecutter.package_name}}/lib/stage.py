@@ -1,6 +1,6 @@
-"""The start and end every stage shares: params, environment and inputs checked before work, signals, and one
-line plus an exit code for every error a user can cause (under DVC, a second line: how to get back what DVC
-removed). Each stage module ends with
+"""The start and end every stage shares: params, environment and inputs checked before work, signals, progress
+lines where no terminal shows a bar, and one line plus an exit code for every error a user can cause (under
+DVC, a second line: how to get back what DVC removed). Each stage module ends with
 
     if __name__ == "__main__":
         stage.run("train", main)
@@ -19,6 +19,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import environment, files, params, paths
 
@@ -133,6 +135,15 @@ def checked(iterable):
 # A constant, not a param: params sections are DVC dependencies, and how often a log is written should not
 # rerun a stage.
 PROGRESS_EVERY_S = 30
+
+
+def progress(iterable, what):
+    """A tqdm bar labelled `what` in a terminal; without one (a log file, a batch job) reported()'s lines, from
+    one process under torchrun."""
+    bar = tqdm(iterable, desc=what, leave=False, disable=None)  # disable=None: no bar without a terminal
+    if bar.disable and os.environ.get("RANK", "0") == "0":
+        return reported(iterable, what, len(iterable))
+    return bar
 
 
 def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic):
