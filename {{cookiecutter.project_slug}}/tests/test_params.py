@@ -131,3 +131,9 @@ def test_the_energy_country_is_a_three_letter_code(value):
 def test_the_randomisation_threshold_is_a_correlation():
     (error,) = errors_with(analyze__explain__max_rank_correlation=1.5)
     assert "must be a number in [-1, 1]" in error
+
+
+@pytest.mark.parametrize("value", [0, "two", 1.5])
+def test_train_threads_is_null_or_a_number_of_threads(value):
+    assert errors_with(train__threads=value) == [f"train.threads={value!r}: must be an integer >= 1, or null"]
+    assert errors_with(train__threads=2) == errors_with(train__threads=None) == []

@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 
 from {{ cookiecutter.package_name }} import predict
-from {{ cookiecutter.package_name }}.lib import inference, paths
+from {{ cookiecutter.package_name }}.lib import decoding, inference, paths
 
 
 def _inputs(folder):
@@ -34,7 +34,7 @@ def test_every_image_gets_a_prediction_at_its_own_size(deployable, tmp_path):
     if deployable["task"] == "segmentation":
         for name, size in sizes.items():
             mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
-            assert mask.size == size and mask.mode == "L", name
+            assert mask.size == size and mask.mode == "P", name  # the palette index is the class
             assert np.asarray(mask).max() < deployable["num_classes"]
             assert Image.open(tmp_path / "out" / "overlays" / f"{name}.png").size == size
         twins = [np.asarray(Image.open(tmp_path / "out" / "masks" / f"{n}.png")) for n in ("gray8", "gray16")]
@@ -48,6 +48,17 @@ def test_every_image_gets_a_prediction_at_its_own_size(deployable, tmp_path):
         twins = [[rows[n][c] for c in deployable["class_names"]] for n in ("gray8.png", "gray16.png")]
     assert np.array_equal(twins[0], twins[1])  # a 16-bit image predicts as its 8-bit twin
     assert (tmp_path / "out" / "errors.csv").read_text().strip() == "file,error"
+
+
+def test_a_mask_png_keeps_the_classes_and_shows_them_in_colour(tmp_path):
+    mask = np.array([[0, 1, 2], [3, 1, 0]], np.uint8)  # (H, W) classes
+    inference.mask_image(mask).save(tmp_path / "m.png")
+    saved = Image.open(tmp_path / "m.png")
+    assert saved.mode == "P" and np.array_equal(np.asarray(saved), mask)
+    palette = np.asarray(saved.getpalette()[:12]).reshape(4, 3)  # classes 0..3
+    assert palette[0].tolist() == [0, 0, 0] and all(c.any() for c in palette[1:])  # background black, others not
+    assert len({tuple(c) for c in palette}) == 4  # each class its own colour
+    assert np.array_equal(decoding.read(tmp_path / "m.png", "mask")[0], mask)  # prepare reads it back as classes
 
 
 def test_a_corrupt_file_is_reported_and_the_rest_processed(deployable, tmp_path, capsys):

@@ -63,6 +63,21 @@ def test_one_or_two_workers_write_identical_bytes(tmp_path, monkeypatch):
     assert images.dtype == np.uint8 and images.shape[1:] == (16, 16, 3)
 
 
+def test_synthetic_auto_makes_the_data_its_number_made(tmp_path, monkeypatch):
+    p = yaml.safe_load(PARAMS.read_text())
+    assert p["prepare"]["num_classes"] == ("auto" if TASK == "classification" else 2)  # the shipped default
+    p["prepare"].update(synthetic_images=30, image_size=16)
+    monkeypatch.chdir(tmp_path)
+    infos = []
+    for k in ("auto", ingest.SYNTHETIC_CLASSES[TASK]):
+        p["prepare"]["num_classes"] = k
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+        prepare.main()
+        infos.append(json.loads(paths.DATASET.read_text()))
+    assert infos[0] == infos[1]  # sha256 of the splits included
+    assert infos[0]["num_classes"] == {"segmentation": 2, "classification": 3}[TASK]
+
+
 def test_auto_classes_and_the_resize_note(tmp_path, monkeypatch, capsys):
     make_folder(tmp_path / "raw", 12)
     use_folder(tmp_path, monkeypatch, num_classes="auto")
@@ -77,15 +92,6 @@ def test_auto_classes_and_the_resize_note(tmp_path, monkeypatch, capsys):
     assert np.allclose(features[:, :3], train.reshape(len(train), -1, 3).mean(1), atol=1e-3)
     assert (features[:, 6:] == [40, 30]).all()
     assert np.asarray(reference["histogram"]).sum() == train.size
-
-
-def test_auto_classes_refused_for_synthetic_data(tmp_path, monkeypatch):
-    p = yaml.safe_load(PARAMS.read_text())
-    p["prepare"]["num_classes"] = "auto"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ingest.DataError, match="auto reads the classes from data/raw"):
-        prepare.main()
 
 
 # Peak RSS of prepare in a fresh process, from after its imports (Linux: writing 5 to clear_refs resets the

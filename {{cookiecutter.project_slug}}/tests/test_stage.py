@@ -26,6 +26,17 @@ def test_a_deferred_signal_stops_at_the_next_batch_and_a_second_at_once(monkeypa
         stage.request_stop(signal.SIGINT, None)
 
 
+def test_without_a_terminal_a_progress_line_comes_every_interval(capsys):
+    ticks = iter([0, 10, 31, 40, 62, 70, 80])  # the clock as the loop starts and after each of 6 items
+    done = list(stage.reported("abcdef", "train: epoch 3/12", 6, every=30, clock=lambda: next(ticks)))
+    assert done == list("abcdef")
+    assert capsys.readouterr().out.splitlines() == [
+        "train: epoch 3/12, batch 2/6 (33%) after 31 s, ~62 s to go",
+        "train: epoch 3/12, batch 4/6 (66%) after 62 s, ~31 s to go"]  # 30 s from the last line, not the start
+    assert stage.progress_line("train: epoch 3/12", 120, 400, 45) == (
+        "train: epoch 3/12, batch 120/400 (30%) after 45 s, ~105 s to go")
+
+
 @pytest.mark.parametrize("error", [ValueError("bad value"), FileNotFoundError("no file"), ConnectionError("down"),
                                    PermissionError("read-only")])
 def test_user_errors_end_in_one_line_and_exit_1(error, monkeypatch):

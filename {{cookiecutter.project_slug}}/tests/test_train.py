@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from {{ cookiecutter.package_name }} import train
-from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params
+from {{ cookiecutter.package_name }}.lib import dataset, files, ingest, models, optim, params, stage
 from {{ cookiecutter.package_name }}.lib import task as task_module
 
 CLASSES = task_module.Task("classification", 3)
@@ -64,6 +65,18 @@ def test_a_non_finite_loss_stops_training_at_once_naming_epoch_and_batch():
     assert all(torch.isfinite(after[k]).all() and not torch.equal(before[k], after[k]) for k in after)  # one good step
 
 
+def test_without_a_terminal_an_epoch_prints_progress_lines(monkeypatch, capsys):
+    monkeypatch.setattr(stage, "reported", functools.partial(stage.reported, every=0))  # a line after each batch
+    images, labels, _ = ingest.make_synthetic("classification", n=40, size=16, num_classes=3, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    train.train_one_epoch(model, DataLoader(dataset.Split(images, labels), batch_size=16),
+                          task_module.make_loss(CLASSES, "ce"), optim.make_optimizer(model, {"name": "sgd"}, 0.1),
+                          t=CLASSES, device=torch.device("cpu"), epoch=2, epochs=5)
+    lines = capsys.readouterr().out.splitlines()  # capsys: stderr is no terminal, so tqdm draws no bar
+    assert [line.split(" after ")[0] for line in lines] == [
+        "train: epoch 2/5, batch 1/3 (33%)", "train: epoch 2/5, batch 2/3 (66%)", "train: epoch 2/5, batch 3/3 (100%)"]
+
+
 def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     val = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.9])  # best at epoch 2, then 2 epochs without improvement
     model = torch.nn.Linear(1, 1)
@@ -105,9 +118,26 @@ def test_train_tracks_a_finished_run(project, task, runs, monkeypatch):
     assert run.data.params["lr"] == str(params.load()["lr"]) and run.data.params["train.epochs"] == "2"
     assert run.data.metrics[f"test/{metric}"] == pytest.approx(m[f"test/{metric}"])
     assert run.data.tags["task"] == task and "git_commit" in run.data.tags
+    assert run.data.tags["threads"] == str(torch.get_num_threads())  # train.threads: null keeps torch's default
     assert "system/cpu_utilization_percentage" in run.data.metrics  # mlflow.system_metrics
     model, _ = models.load_checkpoint(project / "models/model.safetensors")
     assert model(torch.rand(2, 3, 32, 32)).shape[0] == 2
+
+
+def test_train_threads_sets_torch_s_thread_count_and_records_it(project, runs, capsys):
+    p = params.load()
+    p["train"]["threads"] = 1
+    files.write_json("params.yaml", p)  # JSON is YAML
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # not 1 already, whatever this machine's cores
+        train.main()
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    (run,) = runs(project)
+    assert used == 1 and run.data.tags["threads"] == "1"
+    assert "epochs take ~" in (out := capsys.readouterr().out) and "on 1 CPU thread(s) (train.threads" in out
 
 
 @pytest.mark.parametrize("exc,status", [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])

@@ -12,7 +12,10 @@ fitted to the model's size exactly as prepare did, from the dataset description 
 {%- if cookiecutter.task == 'segmentation' %}
 
 Writes DIR/masks/<name>.png, the class index per pixel at the image's own size and (EXIF-upright)
-orientation, and DIR/overlays/<name>.png, the classes in colour over the image.
+orientation, as a palette PNG (PASCAL VOC's convention): the palette index is the class, so
+`np.asarray(PIL.Image.open(path))` gives the classes and prepare reads it as a mask, while a viewer shows each
+class in colour (background black; inference.PALETTE); and DIR/overlays/<name>.png, the classes in colour
+over the image.
 {%- else %}
 
 Writes DIR/predictions.csv: file, label, then the probability of each class.
@@ -46,14 +49,15 @@ DRIFT_EXIT = 3  # --fail-on-drift: distinct from 1 (unreadable files, errors) an
 
 
 def write_segmentation(out, name, mask, upright, info):
-    """The mask at the image's own size and orientation, and an overlay of it on the image."""
+    """The mask at the image's own size and orientation (a palette PNG), and an overlay of it on the image."""
     from PIL import Image
 
     full = decoding.unfit(mask, upright.shape[1], upright.shape[0], info.get("resize", "stretch"))
-    for folder, arr in (("masks", full), ("overlays", inference.overlay(upright, full))):
+    for folder, image in (("masks", inference.mask_image(full)),
+                          ("overlays", Image.fromarray(inference.overlay(upright, full)))):
         target = out / folder / f"{name}.png"  # name has no suffix left: a.b.png -> a.b.png, not a.png
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(target)
+        image.save(target)
 
 
 def predict_all(fn, info, found, out, batch_size, stats, max_pixels):

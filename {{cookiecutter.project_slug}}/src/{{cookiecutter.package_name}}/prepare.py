@@ -15,14 +15,12 @@ from {{ cookiecutter.package_name }}.lib import drift, files, ingest, paths, spl
 
 def synthetic(p, seed):
     """(number of images, rows(indices) -> (image, target, original size), class names, num_classes, original
-    sizes seen, labels to stratify the splits by: None, so the synthetic split stays as it always was)."""
-    if p["num_classes"] == "auto":
-        raise ingest.DataError("prepare.num_classes: auto reads the classes from data/raw (source: folder); the "
-                             "synthetic data needs a number (2 for segmentation, 3 for classification)")
-    images, targets, names = ingest.make_synthetic(p["task"], p["synthetic_images"], p["image_size"],
-                                                 p["num_classes"], seed)
+    sizes seen, labels to stratify the splits by: None, so the synthetic split stays as it always was).
+    num_classes auto: the synthetic data's own (ingest.SYNTHETIC_CLASSES)."""
+    k = ingest.SYNTHETIC_CLASSES[p["task"]] if p["num_classes"] == "auto" else p["num_classes"]
+    images, targets, names = ingest.make_synthetic(p["task"], p["synthetic_images"], p["image_size"], k, seed)
     size = (p["image_size"], p["image_size"])  # made at the training size: nothing is resized
-    return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, p["num_classes"], [], None
+    return len(images), lambda idx: ((images[i], targets[i], size) for i in idx), names, k, [], None
 
 
 def folder(p, pool):

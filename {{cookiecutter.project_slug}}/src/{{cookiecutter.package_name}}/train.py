@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import (
     dataset,
@@ -39,10 +38,11 @@ from {{ cookiecutter.package_name }}.lib import (
 )
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, *, t, device, grad_clip_norm=None, amp=False, epoch=1):
+def train_one_epoch(model, loader, loss_fn, optimizer, *, t, device, grad_clip_norm=None, amp=False, epoch=1,
+                    epochs=1):
     model.train()
     total, n, rows = 0.0, 0, []
-    for batch, (images, y) in enumerate(stage.checked(tqdm(loader, desc="train", leave=False, disable=None)), 1):
+    for batch, (images, y) in enumerate(stage.checked(stage.progress(loader, f"train: epoch {epoch}/{epochs}")), 1):
         x, y = dataset.to_float(images).to(device), y.to(device)  # augmented by the loader's dataset.Split
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -86,7 +86,7 @@ def fit(model, train_loader, val_loader, loss_fn, optimizer, scheduler, *, t, ep
             if hasattr(part, "set_epoch"):  # a new shuffle (DDP) and new augmentations each epoch
                 part.set_epoch(epoch)
         tr = train_one_epoch(model, train_loader, loss_fn, optimizer, t=t, device=device, grad_clip_norm=grad_clip_norm,
-                             amp=amp, epoch=epoch)
+                             amp=amp, epoch=epoch, epochs=epochs)
         # Every rank evaluates the whole (small) validation split: identical metrics, identical early stopping.
         va = evaluate(net, val_loader, loss_fn, t=t, device=device, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -123,9 +123,10 @@ def start_run(p, info, model_args, world, device):
     """The pipeline's MLflow run, with its tags, params and prepare's statistics."""
     cfg = p["train"]
     tags = {"task": info["task"], "architecture": model_args["architecture"], "encoder": str(model_args["encoder"]),
-            "pretrained": str(cfg["model"]["pretrained"]).lower(), "loss": cfg["loss"],
-            "augmentation": "on" if any(cfg["augment"].values()) else "off", "data_source": info["source"],
-            "data_sha256": info["sha256"], "world_size": str(world), "device": str(device), **environment.tags()}
+            "pretrained": str(cfg["model"]["pretrained"]).lower(), "loss": cfg["loss"], "data_source": info["source"],
+            "augmentation": "on" if any(cfg["augment"].values()) else "off", "data_sha256": info["sha256"],
+            "world_size": str(world), "device": str(device), "threads": str(torch.get_num_threads()),
+            **environment.tags()}
     run = tracking.start(p["mlflow"], tracking.run_name(model_args["architecture"], model_args["encoder"],
                                                         cfg["model"]["pretrained"]), tags)
     print(f"train: MLflow run {run.info.run_name} ({run.info.run_id}) in {store.mask(mlflow.get_tracking_uri())}")
@@ -178,14 +179,14 @@ def log_model(run, model, example):
             "model_uri": logged.model_uri}
 
 
-def epoch_logger(run, rank, metric, epochs):
+def epoch_logger(run, rank, metric, epochs, threads):
     def on_epoch(r):  # r: one record of the history
         if rank == 0:
             print(f"epoch {r['epoch']:3d}  train/loss {r['train/loss']:.4f}  val/loss {r['val/loss']:.4f}  "
                   f"val/{metric} {r[f'val/{metric}']:.4f}  lr {r['lr']:.2e}  {r['epoch_time_s']:.1f}s", flush=True)
         if rank == 0 and r["epoch"] == 1 and epochs > 1:  # your data, your machine: the time to expect
-            print(f"train: at this pace, {epochs} epochs take ~{epochs * r['epoch_time_s'] / 60:.1f} min "
-                  "(early stopping may end sooner)", flush=True)
+            print(f"train: at this pace, {epochs} epochs take ~{epochs * r['epoch_time_s'] / 60:.1f} min on "
+                  f"{threads} CPU thread(s) (train.threads; early stopping may end sooner)", flush=True)
         if run:
             mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"])
     return on_epoch
@@ -195,6 +196,7 @@ def main():
     st = stage.begin("train")
     p, cfg = st.params, st.section
     runtime.seed_everything(p["seed"])
+    threads = runtime.use_threads(cfg["threads"])  # first: the model is built, and every op runs, on this many
     rank, world, local_rank = runtime.init_distributed(cfg["batch_size"])
     info = files.read_json(paths.DATASET)
     t = task.Task.of(info)
@@ -219,7 +221,7 @@ def main():
             runtime.data_parallel(model, world, device), loaders["train"], loaders["val"], loss_fn, optimizer,
             optim.make_scheduler(optimizer, cfg["scheduler"], cfg["epochs"]), epochs=cfg["epochs"],
             t=t, patience=cfg["early_stopping_patience"], device=device, grad_clip_norm=cfg["grad_clip_norm"], amp=amp,
-            on_epoch=epoch_logger(run, rank, t.metric, cfg["epochs"]))
+            on_epoch=epoch_logger(run, rank, t.metric, cfg["epochs"], threads))
         metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_time_s": time.perf_counter() - start,
                    "stopped_early": int(len(history) < cfg["epochs"]), "params/total": models.parameter_count(model)}
         if world > 1:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import decoding, files, paths, serving, stage, store, task
 
-# Class colours of the overlays (class 0, background, is left clear).
+# Class colours of the overlays (class 0, background, is left clear) and of the mask PNGs (background black).
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
 
@@ -131,6 +131,17 @@ def overlay(image, mask, alpha=0.5):
     colours = PALETTE[mask % len(PALETTE)].astype(np.float32)
     blend = np.where(mask[..., None] > 0, (1 - alpha) * image + alpha * colours, image)
     return blend.round().astype(np.uint8)
+
+
+def mask_image(mask):
+    """A (H, W) class-index mask as a palette ("P") PIL image, PASCAL VOC's convention: each pixel's index is
+    its class (np.asarray and prepare's mask reading give the classes back), and the palette shows the classes
+    in the overlays' colours, background black, where 0/1 grey values would look black in a viewer."""
+    from PIL import Image
+
+    image = Image.fromarray(np.asarray(mask, np.uint8))
+    image.putpalette(np.resize(PALETTE, (256, 3)).ravel().tolist())  # an L image becomes P; class k: PALETTE[k % 10]
+    return image
 
 
 def decoded_batches(found, decode_one, batch_size, errors, desc):

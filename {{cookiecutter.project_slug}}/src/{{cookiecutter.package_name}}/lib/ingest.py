@@ -25,7 +25,7 @@ import numpy as np
 from {{ cookiecutter.package_name }}.lib import decoding, paths
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross")
-
+SYNTHETIC_CLASSES = {"segmentation": 2, "classification": 3}  # num_classes: auto: binary masks; three shapes
 
 DataError = decoding.DataError  # bad input data; the message names the file and the problem
 
@@ -200,7 +200,7 @@ def decode_item(item, task, size, resize, window, num_classes, max_pixels=None):
     if bad.size:
         raise DataError(f"{target}: mask values {bad.tolist()} out of range for prepare.num_classes={num_classes} "
                         f"(expected 0..{num_classes - 1}{' or 255' if num_classes == 2 else ''}); fix the mask "
-                        "or num_classes")
+                        "or set num_classes (auto: from the mask values)")
     return image, mask, original
 
 

@@ -144,7 +144,7 @@ SCHEMA = {
                       "step": {"step_size": integer(1), "gamma": number(0, 1, lo_open=True)}},
         "early_stopping_patience": integer(0),
         "grad_clip_norm": nullable(number(0, lo_open=True)), "amp": boolean, "device": string,
-        "num_workers": integer(0),
+        "num_workers": integer(0), "threads": nullable(integer(1)),
         "augment": {"hflip": boolean, "vflip": boolean, "rot90": boolean, "brightness": number(0, 1),
                     "contrast": number(0, 1), "saturation": number(0, 1), "hue": number(0, 0.5),
                     "crop_scale": nullable(pair(number(0, 1, lo_open=True)))},

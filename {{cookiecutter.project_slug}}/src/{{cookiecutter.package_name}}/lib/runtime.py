@@ -24,6 +24,13 @@ def seed_everything(seed):
     torch.backends.cudnn.benchmark = False
 
 
+def use_threads(n):
+    """train.threads: n sets torch's CPU threads, None keeps its default (one per core). Returns the count used."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def devices():
     """The train.device names this machine has."""
     cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []

@@ -1,6 +1,6 @@
-"""The start and end every stage shares: params, environment and inputs checked before work, signals, and one
-line plus an exit code for every error a user can cause (under DVC, a second line: how to get back what DVC
-removed). Each stage module ends with
+"""The start and end every stage shares: params, environment and inputs checked before work, signals, progress
+lines where no terminal shows a bar, and one line plus an exit code for every error a user can cause (under
+DVC, a second line: how to get back what DVC removed). Each stage module ends with
 
     if __name__ == "__main__":
         stage.run("train", main)
@@ -16,8 +16,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
+
+from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import environment, files, params, paths
 
@@ -131,6 +134,38 @@ def checked(iterable):
     for item in iterable:
         stop_point()
         yield item
+
+
+# Without a terminal (a log file, a batch job) tqdm draws no bar; a plain line this often shows the work moves.
+# A constant, not a param: params sections are DVC dependencies, and how often a log is written should not
+# rerun a stage.
+PROGRESS_EVERY_S = 30
+
+
+def progress(iterable, what):
+    """A tqdm bar labelled `what` in a terminal; without one (a log file, a batch job) reported()'s lines, from
+    one process under torchrun."""
+    bar = tqdm(iterable, desc=what, leave=False, disable=None)  # disable=None: no bar without a terminal
+    if bar.disable and os.environ.get("RANK", "0") == "0":
+        return reported(iterable, what, len(iterable))
+    return bar
+
+
+def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic):
+    """Iterate, printing a progress_line to stdout every `every` seconds (of `clock`) as items are done: the
+    progress a log file gets where tqdm's bar is off."""
+    start = last = clock()
+    for done, item in enumerate(iterable, 1):
+        yield item
+        if (now := clock()) - last >= every:  # the item's work is done once the next one is asked for
+            last = now
+            print(progress_line(what, done, total, now - start), flush=True)
+
+
+def progress_line(what, done, total, elapsed):
+    """'train: epoch 3/12, batch 120/400 (30%) after 45 s, ~105 s to go' (the rest at the pace so far)."""
+    return (f"{what}, batch {done}/{total} ({100 * done // total}%) after {elapsed:.0f} s, "
+            f"~{elapsed * (total - done) / done:.0f} s to go")
 
 
 def handled(e):
