@@ -200,6 +200,7 @@ def main():
     rank, world, local_rank = runtime.init_distributed(cfg["batch_size"])
     info = files.read_json(paths.DATASET)
     t = task.Task.of(info)
+    m = t.metric
     device = runtime.pick_device(cfg["device"], local_rank)
     amp = bool(cfg["amp"]) and device.type == "cuda"
     model, model_args = models.for_data(cfg["model"], info)
@@ -234,15 +235,13 @@ def main():
                 model, loaders[name], loss_fn, t=t, device=device, amp=amp).items()})
         stage.stop_point()
         write_outputs(model, model_args, info, history, dataset.head(sets["test"], 6))
-        st.publish(run, metrics, ARTIFACTS, headline=(f"best_val/{t.metric}", f"test/{t.metric}", "epochs_run",
-                                                      "train_time_s"))
+        st.publish(run, metrics, ARTIFACTS, headline=(f"best_val/{m}", f"test/{m}", "epochs_run", "train_time_s"))
         stage.stop_point()
         example = dataset.to_float(dataset.head(sets["test"], 2)[0]).numpy()  # (2, 3, H, W) float32 in [0, 1]
         files.write_json(paths.RUN_FILE, log_model(run, model, example) if run else {"enabled": False})
     # A signal during the last writes: they completed, but whoever sent it (dvc queue kill, a scheduler) wants
     # the pipeline stopped, so exit as stopped instead of letting DVC go on to the next stage.
     stage.stop_point("it came as train finished: outputs and MLflow run are complete")
-    m = t.metric
     print(f"train: best epoch {best_epoch}/{len(history)}, val/{m} {metrics[f'best_val/{m}']:.4f}, "
           f"test/{m} {metrics[f'test/{m}']:.4f} -> {paths.CHECKPOINT}, {st.metrics_file}")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from {{ cookiecutter.package_name }}.lib import decoding, files, paths, serving, stage, store, task
 
@@ -148,7 +147,7 @@ def decoded_batches(found, decode_one, batch_size, errors, desc):
     """Lists of up to batch_size `decode_one(path, name)` results over the found files, in order; a file that
     cannot be read goes to `errors` as (file, reason) and the rest go on."""
     batch = []
-    for path, name in stage.checked(tqdm(found, desc=desc, unit="image", disable=None)):
+    for path, name in stage.checked(stage.progress(found, desc, unit="image")):
         try:
             batch.append(decode_one(path, name))
         except decoding.DataError as e:

@@ -142,16 +142,16 @@ def checked(iterable):
 PROGRESS_EVERY_S = 30
 
 
-def progress(iterable, what):
+def progress(iterable, what, unit="batch"):
     """A tqdm bar labelled `what` in a terminal; without one (a log file, a batch job) reported()'s lines, from
     one process under torchrun."""
-    bar = tqdm(iterable, desc=what, leave=False, disable=None)  # disable=None: no bar without a terminal
+    bar = tqdm(iterable, desc=what, unit=unit, leave=False, disable=None)  # disable=None: no bar without a terminal
     if bar.disable and os.environ.get("RANK", "0") == "0":
-        return reported(iterable, what, len(iterable))
+        return reported(iterable, what, len(iterable), unit=unit)
     return bar
 
 
-def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic):
+def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic, unit="batch"):
     """Iterate, printing a progress_line to stdout every `every` seconds (of `clock`) as items are done: the
     progress a log file gets where tqdm's bar is off."""
     start = last = clock()
@@ -159,12 +159,12 @@ def reported(iterable, what, total, every=PROGRESS_EVERY_S, clock=time.monotonic
         yield item
         if (now := clock()) - last >= every:  # the item's work is done once the next one is asked for
             last = now
-            print(progress_line(what, done, total, now - start), flush=True)
+            print(progress_line(what, done, total, now - start, unit), flush=True)
 
 
-def progress_line(what, done, total, elapsed):
+def progress_line(what, done, total, elapsed, unit="batch"):
     """'train: epoch 3/12, batch 120/400 (30%) after 45 s, ~105 s to go' (the rest at the pace so far)."""
-    return (f"{what}, batch {done}/{total} ({100 * done // total}%) after {elapsed:.0f} s, "
+    return (f"{what}, {unit} {done}/{total} ({100 * done // total}%) after {elapsed:.0f} s, "
             f"~{elapsed * (total - done) / done:.0f} s to go")
 
 
