@@ -23,7 +23,7 @@ PY
 cat <<MSG
 
 Project:   $PROJECT
-Metrics:   $PROJECT/metrics/*.json   (dvc metrics show)
+Metrics:   $PROJECT/metrics/*.json   (every figure; dvc metrics show: the headline ones)
 Plots:     $PROJECT/plots/           (dvc plots show)
 Reports:   $PROJECT/reports/model.html (everything on one page; also analyze.html, optimize.md, robustness.html)
 Models:    $PROJECT/models/model.safetensors, $PROJECT/models/deployable/
