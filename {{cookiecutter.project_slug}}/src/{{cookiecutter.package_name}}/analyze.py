@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.lib import (
     paths,
     plots,
     report,
+    runtime,
     stage,
     task,
     tracking,
@@ -98,8 +99,7 @@ def render_html(summary, metrics, rows):
 def main():
     st = stage.begin("analyze")
     p, ap = st.params, st.section
-    if ap.get("threads"):
-        torch.set_num_threads(ap["threads"])
+    runtime.use_threads(ap["threads"])  # before the model is built: latency is measured on this many
     model, model_args = models.load_checkpoint(paths.CHECKPOINT)
     input_shape = models.checkpoint_info(paths.CHECKPOINT)["input_shape"]
     with tracking.pipeline_run(p["mlflow"], st.name) as run:

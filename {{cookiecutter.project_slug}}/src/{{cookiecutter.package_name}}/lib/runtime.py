@@ -25,7 +25,8 @@ def seed_everything(seed):
 
 
 def use_threads(n):
-    """train.threads: n sets torch's CPU threads, None keeps its default (one per core). Returns the count used."""
+    """train.threads / analyze.threads: n sets torch's CPU threads, None keeps its default (one per core). Returns
+    the count used."""
     if n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
